@@ -1,0 +1,1 @@
+"""The upstream side: frame decoding, the websocket reader, and recorded-frame tooling."""
