@@ -1,0 +1,128 @@
+"""The reader: one websocket session to the upstream, frames decoded onto a channel.
+
+One call is one connection. It returns only by raising: ``UpstreamError`` when the
+connection ends or misbehaves (the caller drains the batcher and reconnects from the
+committed cursor), ``BufferOverflow`` when the batcher cannot keep up (the caller tears
+ingestion down and restarts it from the committed cursor).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
+from ..config import Settings
+from ..stats import IngestStats
+from .codec import Frame, FrameError, decode_frame
+
+log = logging.getLogger(__name__)
+
+# Headroom over the spec's 5 MB frame cap: a larger frame still reaches the decoder, which
+# rejects it into the dead-letter directory instead of the connection failing on it forever.
+WEBSOCKET_MAX_MESSAGE = 16 * 1024 * 1024
+
+
+class UpstreamError(Exception):
+    """The upstream connection failed or ended; reconnect from the committed cursor."""
+
+
+class BufferOverflow(Exception):
+    """The buffer to the batcher stayed full past the grace period."""
+
+
+def save_rejected(directory: Path, frame: bytes | str, reason: str) -> Path:
+    """Write an unparseable frame where an operator can find it; returns the file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.monotonic_ns()}"
+    path = directory / f"{stem}.bin"
+    path.write_bytes(frame if isinstance(frame, bytes) else frame.encode("utf-8", "replace"))
+    (directory / f"{stem}.txt").write_text(reason + "\n")
+    return path
+
+
+def subscribe_url(settings: Settings, cursor: int | None) -> str:
+    """The URL to connect to, resuming after ``cursor`` when there is one."""
+    base = settings.subscribe_url
+    return base if cursor is None else f"{base}?cursor={cursor}"
+
+
+async def _push(send: trio.MemorySendChannel[Frame], frame: Frame, grace: float,
+                stats: IngestStats) -> None:
+    try:
+        send.send_nowait(frame)
+    except trio.WouldBlock:
+        # Full: block (TCP then pushes back on the upstream), but not forever.
+        with trio.move_on_after(grace):
+            await send.send(frame)
+            return
+        stats.overflows += 1
+        raise BufferOverflow(f"buffer full for more than {grace:g}s; restarting ingest") from None
+
+
+def _handle_error_frame(frame: Frame, cursor: int | None) -> UpstreamError:
+    if frame.error == "FutureCursor":
+        # Our cursor is ahead of the server's head: never skip or rewind on our own. Keep
+        # retrying (a lagging replica catches up); an operator can `cursor set` if needed.
+        return UpstreamError(f"FutureCursor: upstream is behind our cursor {cursor} "
+                             f"({frame.message or 'no message'})")
+    return UpstreamError(f"upstream error frame {frame.error}: {frame.message or ''}".rstrip())
+
+
+async def read_upstream(settings: Settings, cursor: int | None,
+                        send: trio.MemorySendChannel[Frame], stats: IngestStats) -> None:
+    """Connect after ``cursor`` and feed decoded frames to ``send`` until something fails."""
+    url = subscribe_url(settings, cursor)
+    last_seq = cursor
+    try:
+        async with open_websocket_url(url, max_message_size=WEBSOCKET_MAX_MESSAGE,
+                                      connect_timeout=10, disconnect_timeout=2) as ws:
+            stats.upstream_connected = True
+            log.info("connected to %s", url)
+            try:
+                while True:
+                    message = None
+                    with trio.move_on_after(settings.read_timeout):
+                        message = await ws.get_message()
+                    if message is None:
+                        raise UpstreamError(f"no data for {settings.read_timeout:g}s")
+                    last_seq = await _accept(message, last_seq, send, settings, stats)
+            finally:
+                stats.upstream_connected = False
+                # trio-websocket leaves the TCP stream open when the server closed first.
+                await ws._stream.aclose()
+    except ConnectionClosed as exc:
+        raise UpstreamError(f"upstream closed the connection: {exc.reason}") from None
+    except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
+        raise UpstreamError(f"cannot reach {url}: {exc!r}") from None
+
+
+async def _accept(message: bytes | str, last_seq: int | None,
+                  send: trio.MemorySendChannel[Frame], settings: Settings,
+                  stats: IngestStats) -> int | None:
+    stats.frames_in += 1
+    stats.bytes_in += len(message)
+    try:
+        if not isinstance(message, bytes):
+            raise FrameError("text message where a binary frame was expected")
+        frame = decode_frame(message)
+    except FrameError as exc:
+        stats.frames_rejected += 1
+        path = save_rejected(settings.deadletter_dir, message, str(exc))
+        log.warning("rejected an unparseable frame (%s); bytes saved to %s", exc, path)
+        return last_seq
+    if frame.kind == "error":
+        raise _handle_error_frame(frame, last_seq)
+    if frame.kind == "info":
+        log.warning("upstream info %s: %s", frame.error, frame.rows[0].record)
+    if frame.seq is not None:
+        if last_seq is not None and frame.seq <= last_seq:
+            stats.duplicates_skipped += 1  # replayed at-least-once; already in the log
+            return last_seq
+        last_seq = frame.seq
+    await _push(send, frame, settings.overflow_grace, stats)
+    stats.buffered_frames = send.statistics().current_buffer_used
+    return last_seq

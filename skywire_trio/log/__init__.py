@@ -1,0 +1,1 @@
+"""The log side: the database module and the batcher that writes to it."""

@@ -1,0 +1,85 @@
+"""The service nursery: everything ``python -m skywire_trio run`` keeps alive.
+
+    service nursery (until SIGINT/SIGTERM)
+    ├── partition-manager  premakes daily partitions on a timer
+    └── ingest supervisor  (see ingest.py)
+
+The API will join this nursery beside the supervisor, not inside the ingest nursery, so
+consumers keep reading while ingestion restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+
+import trio
+import trio_asyncio
+
+from .config import Settings
+from .ingest import OpenStore, describe, supervise_ingest
+from .log import db
+from .log.batcher import utc_now
+from .stats import IngestStats
+
+log = logging.getLogger(__name__)
+
+PARTITION_CHECK_INTERVAL = 3600.0
+
+
+def premake_days(today: date, ahead: int) -> list[date]:
+    """Today and the ``ahead`` days after it."""
+    return [today + timedelta(days=n) for n in range(ahead + 1)]
+
+
+async def manage_partitions(settings: Settings, clock: Callable[[], datetime] = utc_now, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+    """Keep today's and the next days' partitions in place, checking every hour.
+
+    A failed pass is logged and retried at the next tick: rows still land safely in the
+    default partition meanwhile, so this task must not take the service down.
+    """
+    first = True
+    while True:
+        try:
+            async with db.connect(settings.database_url) as store:
+                created = await store.ensure_partitions(
+                    premake_days(clock().date(), settings.premake_days))
+            if created:
+                log.info("created partitions %s", ", ".join(created))
+        except Exception as exc:  # retried at the next tick; see docstring
+            log.warning("partition maintenance failed: %s", describe(exc))
+        if first:
+            task_status.started()
+            first = False
+        await trio.sleep(PARTITION_CHECK_INTERVAL)
+
+
+async def serve(settings: Settings, stats: IngestStats | None = None,
+                open_store: OpenStore = db.connect, *,
+                task_status: trio.TaskStatus[IngestStats] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run every long-lived task until cancelled; reports the live stats when ready."""
+    stats = stats or IngestStats()
+    async with trio_asyncio.open_loop():
+        async with open_store(settings.database_url) as store:
+            # Refuse early, with the message, if the cursor belongs to another upstream.
+            await store.claim_cursor(settings.subscribe_url, settings.reset_cursor)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(manage_partitions, settings)
+            await nursery.start(supervise_ingest, settings, stats, open_store)
+            task_status.started(stats)
+
+
+async def run_until_signal(settings: Settings) -> None:
+    """``serve`` until SIGINT or SIGTERM, then shut down by cancellation."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(serve, settings)
+            log.info("skywire-trio running; ingesting from %s", settings.subscribe_url)
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

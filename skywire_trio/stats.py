@@ -1,0 +1,33 @@
+"""Live counters and state shared by ingest, the API and /metrics.
+
+One ``IngestStats`` is created by the service and handed to each task that updates or
+reads it; there is no module-level state. Counters only ever grow (Prometheus counters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+
+
+@dataclasses.dataclass
+class IngestStats:
+    """What ingestion has done since the process started, and where it stands now."""
+
+    frames_in: int = 0
+    bytes_in: int = 0
+    events_committed: int = 0
+    batches_committed: int = 0
+    batch_seconds_total: float = 0.0
+    reconnects: int = 0
+    upstream_errors: int = 0
+    overflows: int = 0
+    ingest_restarts: int = 0
+    frames_rejected: int = 0  # saved to the dead-letter directory
+    duplicates_skipped: int = 0  # seq at or below the committed cursor
+    upstream_connected: bool = False
+    buffered_frames: int = 0
+    last_seq: int | None = None
+    last_id: int = 0
+    last_event_time: datetime | None = None
+    last_commit_monotonic: float | None = None
