@@ -1,0 +1,156 @@
+"""Test and benchmark helpers: databases, recordings, and the service as a real process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import cbor2
+import psycopg
+
+from skywire_trio.firehose.framefile import read_frames
+from skywire_trio.log import db
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SKYWIRE_SHARED", ROOT.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+RELAY_FRAMES = FIXTURES / "relay-2026-07-04" / "frames.bin.zst"
+RELAY_EXPECTED = FIXTURES / "relay-2026-07-04" / "expected_v1.jsonl"
+PDS_CAPTURE = FIXTURES / "pds-local" / "capture.bin"
+PDS_SUMMARY = FIXTURES / "pds-local" / "capture.json"
+ADMIN_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def relay_frames() -> list[bytes]:
+    """The 150 production relay frames of the Jetstream corpus."""
+    return read_frames(RELAY_FRAMES, little_endian=True)
+
+
+def pds_frames() -> list[bytes]:
+    """The 359 frames captured from the reference PDS."""
+    return read_frames(PDS_CAPTURE)
+
+
+def renumbered(frames: list[bytes], count: int, first_seq: int = 1) -> list[bytes]:
+    """``count`` frames cycling through ``frames`` with fresh, contiguous seqs.
+
+    Bodies are re-encoded canonically (cbor2 keeps tag 42 as a CBORTag), so records, CIDs
+    and CAR slices are byte-for-byte the real ones.
+    """
+    out = []
+    seq = first_seq
+    while len(out) < count:
+        for frame in frames:
+            if len(out) == count:
+                break
+            dec = cbor2.CBORDecoder(__import__("io").BytesIO(frame))
+            header, body = dec.decode(), dec.decode()
+            if header.get("op") != 1 or "seq" not in body:
+                continue
+            body["seq"] = seq
+            seq += 1
+            out.append(cbor2.dumps(header, canonical=True) + cbor2.dumps(body, canonical=True))
+    return out
+
+
+def frame(header: dict, body: dict) -> bytes:
+    """A frame from a header and body (canonical DAG-CBOR map order)."""
+    return cbor2.dumps(header, canonical=True) + cbor2.dumps(body, canonical=True)
+
+
+@contextlib.contextmanager
+def fresh_database(admin_url: str = ADMIN_URL, migrate: bool = True) -> Iterator[str]:
+    """A new, migrated database, dropped afterwards. Yields its URL."""
+    name = f"skywire_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(admin_url)
+    info["dbname"] = name
+    url = "postgresql://{user}@{host}:{port}/{dbname}".format(
+        user=info.get("user", "postgres"), host=info.get("host", "127.0.0.1"),
+        port=info.get("port", 5432), dbname=name)
+    try:
+        if migrate:
+            db.migrate("postgresql+psycopg://" + url.split("://", 1)[1])
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def query(url: str, sql: str, *args: object) -> list[tuple]:
+    """Run one statement and return all rows."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql, args)
+        return cur.fetchall() if cur.description else []
+
+
+def service_env(database_url: str, relay_url: str, tmp: Path, **extra: str) -> dict[str, str]:
+    """Environment for ``python -m skywire_trio`` in tests: fast backoff, own dead letters."""
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": database_url,
+        "SKYWIRE_RELAY_URL": relay_url,
+        "SKYWIRE_DEADLETTER_DIR": str(tmp / "deadletter"),
+        "SKYWIRE_BACKOFF_MIN": "0.05",
+        "SKYWIRE_BACKOFF_MAX": "0.5",
+        "PORT": "0",
+    })
+    env.update(extra)
+    return env
+
+
+def start_service(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start ``python -m skywire_trio`` as a real process, logging to ``log_path``."""
+    log = log_path.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "skywire_trio"], env=env, cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate: callable, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def event_count(url: str) -> int:
+    """Rows in the log."""
+    return query(url, "SELECT count(*) FROM firehose_events")[0][0]
+
+
+@contextlib.contextmanager
+def replay_process(path: Path, *extra: str) -> Iterator[str]:
+    """``python -m skywire_trio replay`` on a free port; yields its ws:// URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "skywire_trio", "replay", str(path),
+                             "--port", "0", *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("ws://"), f"replay server did not start: {url!r}"
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def service_process(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """The service as a real process, stopped with SIGTERM afterwards (must exit 0)."""
+    proc = start_service(env, log_path)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            code = proc.wait(15)
+            assert code == 0, f"service exited {code}; log:\n{log_path.read_text()[-3000:]}"

@@ -1,0 +1,39 @@
+"""Alembic: upgrade, downgrade and upgrade again against a real PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic import command
+from skywire_trio.log import db
+
+from .support import fresh_database, query
+
+TABLES = ("SELECT relname FROM pg_class WHERE relname LIKE 'firehose%%' "
+          "AND relkind IN ('r', 'p') ORDER BY 1")
+
+
+def test_upgrade_downgrade_upgrade():
+    with fresh_database(migrate=False) as url:
+        cfg = db.alembic_config("postgresql+psycopg://" + url.split("://", 1)[1])
+        command.upgrade(cfg, "head")
+        assert [r[0] for r in query(url, TABLES)] == [
+            "firehose_cursor", "firehose_events", "firehose_events_default"]
+        query(url, "INSERT INTO firehose_cursor (upstream) VALUES ('ws://x')")
+        command.downgrade(cfg, "base")
+        assert query(url, TABLES) == []
+        command.upgrade(cfg, "head")
+        assert len(query(url, TABLES)) == 3
+        indexes = {r[0] for r in query(
+            url, "SELECT indexname FROM pg_indexes WHERE tablename = 'firehose_events'")}
+        assert {"firehose_events_id_idx", "firehose_events_collection_id_idx",
+                "firehose_events_repo_id_idx", "firehose_events_event_type_id_idx"} <= indexes
+
+
+def test_cursor_table_holds_one_row(database):
+    query(database, "INSERT INTO firehose_cursor (upstream) VALUES ('ws://a')")
+    try:
+        query(database, "INSERT INTO firehose_cursor (upstream) VALUES ('ws://b')")
+    except Exception as exc:  # noqa: BLE001 - any refusal will do; a second row will not
+        assert "duplicate key" in str(exc)
+    else:
+        raise AssertionError("a second cursor row was accepted")
+    assert query(database, "SELECT count(*) FROM firehose_cursor") == [(1,)]
