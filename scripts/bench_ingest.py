@@ -1,0 +1,402 @@
+"""Ingest benchmark: decoder throughput and end-to-end firehose -> PostgreSQL throughput.
+
+Run from the repository root::
+
+    .venv/bin/python scripts/bench_ingest.py [--frames N]
+
+What it measures, over N frames (default 100,000) built by cycling the 150 production relay
+frames with fresh contiguous seqs (``tests.support.renumbered``):
+
+1. Our decoder (``skywire_trio.firehose.codec.decode_frame``) alone, pinned to one core.
+2. The ``atproto`` SDK's own firehose decoding of the same frames, pinned to the same core:
+   ``firehose_models.Frame.from_bytes`` + ``parse_subscribe_repos_message`` +
+   ``CAR.from_bytes`` (which decodes every block with libipld) + a look-up of each op's
+   record in ``car.blocks``; and, as a second figure, the same plus
+   ``models.get_or_create(record, strict=False)`` (the SDK's typed record models, as in its
+   firehose examples). Decode only, no storage.
+3. End to end: a fresh migrated database, ``python -m skywire_trio replay`` serving the
+   recording, and ``python -m skywire_trio`` (the service, a real process) ingesting it; timed
+   from the service's start until ``firehose_cursor.last_seq`` reaches the last seq. The
+   cursor is polled every 20 ms, which also gives the time of the first commit (startup:
+   interpreter, imports, migrations, connecting) and the steady-state rate after it. Peak
+   RSS is the service's ``VmHWM`` read just before it is stopped with SIGTERM (it must exit
+   0). The log is then checked: one row per expected event, ids 1..count without a gap.
+
+Targets (reported, not enforced): decode >= 20,000 frames/s on one core; end to end >= 15,000
+events/s committed; service RSS < 200 MB. The exit status is 0 when the run is *valid*
+(every event committed and verified), whether or not the targets are met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+
+from skywire_trio.firehose.codec import decode_frame  # noqa: E402
+from skywire_trio.firehose.framefile import write_frames  # noqa: E402
+from tests.support import (  # noqa: E402
+    fresh_database,
+    query,
+    relay_frames,
+    renumbered,
+    replay_process,
+    service_env,
+    start_service,
+)
+
+DECODE_TARGET_FPS = 20_000
+E2E_TARGET_EPS = 15_000
+RSS_TARGET_MB = 200
+POLL_INTERVAL = 0.02
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def pinned_to_one_core() -> Iterator[int]:
+    """Pin this process to one CPU for the block (children must not inherit it)."""
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield cpu
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def timed(run: Callable[..., T], *args: object) -> tuple[float, T]:
+    """Seconds taken by ``run(*args)`` and what it returned."""
+    started = time.perf_counter()
+    result = run(*args)
+    return time.perf_counter() - started, result
+
+
+def proc_status(pid: int, key: str) -> int | None:
+    """A ``kB`` field of /proc/PID/status (VmHWM, VmRSS), in kB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds used so far by process ``pid``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # without guest time, already counted in user
+    return total - idle, total
+
+
+def children_matching(word: str) -> list[int]:
+    """Pids of our own child processes whose command line contains ``word``."""
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == me and word in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def source_state() -> str:
+    """The commit measured, and whether the package had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "skywire_trio"],
+                               cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return f"{head}" + (" + uncommitted changes in skywire_trio/" if dirty.strip() else "")
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+# --------------------------------------------------------------------------- decoders
+
+
+def decode_ours(frames: Sequence[bytes]) -> int:
+    """Decode every frame with our decoder; returns the number of rows (events)."""
+    events = 0
+    for frame in frames:
+        events += len(decode_frame(frame).rows)
+    return events
+
+
+def make_sdk_decoder(with_models: bool) -> Callable[[Sequence[bytes]], int]:
+    """The atproto SDK's firehose decoding; returns a function counting decoded ops."""
+    from atproto import CAR, firehose_models, models, parse_subscribe_repos_message
+
+    commit_model = models.ComAtprotoSyncSubscribeRepos.Commit
+    get_or_create = models.get_or_create
+
+    def decode(frames: Sequence[bytes]) -> int:
+        ops = 0
+        for frame in frames:
+            message = parse_subscribe_repos_message(firehose_models.Frame.from_bytes(frame))
+            if not isinstance(message, commit_model):
+                ops += 1
+                continue
+            car = CAR.from_bytes(message.blocks)
+            for op in message.ops:
+                ops += 1
+                if op.cid is None:
+                    continue
+                record = car.blocks.get(op.cid)
+                if with_models and record is not None:
+                    get_or_create(record, strict=False)
+        return ops
+
+    return decode
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@dataclass
+class EndToEnd:
+    """What the end-to-end run observed."""
+
+    seconds: float = 0.0  # service start -> last seq committed
+    first_commit: float | None = None  # service start -> first commit seen
+    events_at_first_commit: int = 0
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (t, last_id)
+    peak_rss_kb: int | None = None
+    service_cpu: float | None = None
+    replay_cpu: float | None = None
+    machine_busy: float | None = None  # fraction of all cores busy during the run
+    exit_code: int | None = None
+    rows: int = 0
+    ids_ok: bool = False
+    deadletters: int = 0
+    restarts: int = 0
+    completed: bool = False
+    log_tail: str = ""
+
+
+def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
+                   workdir: Path) -> EndToEnd:
+    """Replay ``recording`` into a fresh database through the real service process."""
+    result = EndToEnd()
+    log_path = workdir / "service.log"
+    with fresh_database() as url, replay_process(recording) as relay_url:
+        replay_pids = children_matching("replay")
+        env = service_env(url, relay_url, workdir)
+        busy0, total0 = machine_busy_jiffies()
+        started = time.perf_counter()
+        service = start_service(env, log_path)
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                deadline = started + timeout
+                while time.perf_counter() < deadline:
+                    if service.poll() is not None:
+                        break
+                    row = conn.execute(
+                        "SELECT last_seq, last_id FROM firehose_cursor").fetchone()
+                    now = time.perf_counter() - started
+                    if row is not None and row[1]:
+                        result.samples.append((now, row[1]))
+                        if result.first_commit is None:
+                            result.first_commit = now
+                            result.events_at_first_commit = row[1]
+                        if row[0] == last_seq:
+                            result.seconds = now
+                            result.completed = True
+                            break
+                    time.sleep(POLL_INTERVAL)
+            busy1, total1 = machine_busy_jiffies()
+            result.machine_busy = (busy1 - busy0) / max(1, total1 - total0)
+            result.peak_rss_kb = proc_status(service.pid, "VmHWM")
+            result.service_cpu = proc_cpu_seconds(service.pid)
+            cpus = [c for c in (proc_cpu_seconds(p) for p in replay_pids) if c is not None]
+            result.replay_cpu = sum(cpus) if cpus else None
+        finally:
+            if service.poll() is None:
+                service.send_signal(signal.SIGTERM)
+                try:
+                    result.exit_code = service.wait(30)
+                except subprocess.TimeoutExpired:
+                    service.kill()
+                    result.exit_code = service.wait()
+            else:
+                result.exit_code = service.returncode
+        count, low, high, distinct = query(
+            url, "SELECT count(*), min(id), max(id), count(DISTINCT id) FROM firehose_events")[0]
+        result.rows = count
+        result.ids_ok = count == events and low == 1 and high == count and distinct == count
+    deadletter = workdir / "deadletter"
+    result.deadletters = len(list(deadletter.glob("*.bin"))) if deadletter.exists() else 0
+    log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    result.restarts = log_text.count("ingest stopped")
+    result.log_tail = log_text[-2000:]
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def verdict(ok: bool) -> str:
+    """PASS or MISS."""
+    return "PASS" if ok else "MISS"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build the recording, run the three measurements, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--frames", type=int, default=100_000, help="frames in the recording")
+    parser.add_argument("--timeout", type=float, default=180.0,
+                        help="seconds to wait for the service to commit everything")
+    parser.add_argument("--skip-sdk-models", action="store_true",
+                        help="skip the slower SDK variant with typed record models")
+    args = parser.parse_args(argv)
+
+    now = datetime.datetime.now().astimezone()
+    print(f"skywire-trio ingest benchmark, {now:%Y-%m-%d %H:%M %Z}")
+    print(f"source: {source_state()}")
+    print(f"machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
+          f"{query('postgresql://postgres@127.0.0.1:5432/postgres', 'SHOW server_version')[0][0]}"
+          " (PostgreSQL on the same machine)")
+
+    # 1. The recording.
+    base = relay_frames()
+    build_s, frames = timed(renumbered, base, args.frames)
+    with tempfile.TemporaryDirectory(prefix="skywire-bench-") as tmp:
+        workdir = Path(tmp)
+        recording = workdir / "recording.bin"
+        write_frames(recording, frames)
+        size_mb = recording.stat().st_size / 1e6
+        decoded = [decode_frame(f) for f in frames]
+        events = sum(len(d.rows) for d in decoded)
+        kinds: dict[str, int] = {}
+        for d in decoded:
+            kinds[d.kind] = kinds.get(d.kind, 0) + 1
+        last_seq = max(d.seq for d in decoded if d.seq is not None)
+        del decoded
+        print(f"recording: {len(frames):,} frames ({size_mb:,.0f} MB, built in {build_s:.1f}s), "
+              f"{events:,} events, seqs 1..{last_seq:,}; kinds: "
+              + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())))
+
+        # 2. Decoders, one core each (same core, one after the other).
+        with pinned_to_one_core() as cpu:
+            decode_ours(frames[:2000])  # warm-up
+            ours_s, ours_events = timed(decode_ours, frames)
+            assert ours_events == events, (ours_events, events)
+            sdk = make_sdk_decoder(with_models=False)
+            sdk(frames[:2000])
+            sdk_s, sdk_ops = timed(sdk, frames)
+            models_s: float | None = None
+            if not args.skip_sdk_models:
+                sdk_models = make_sdk_decoder(with_models=True)
+                sdk_models(frames[:2000])
+                models_s, _ = timed(sdk_models, frames)
+        ours_fps = len(frames) / ours_s
+        sdk_fps = len(frames) / sdk_s
+        models_fps = len(frames) / models_s if models_s else None
+        print(f"decoders pinned to CPU {cpu}; SDK saw {sdk_ops:,} ops/events")
+
+        # 3. End to end.
+        n_frames = len(frames)
+        del frames
+        e2e = run_end_to_end(recording, last_seq, events, args.timeout, workdir)
+
+    valid = (e2e.completed and e2e.exit_code == 0 and e2e.rows == events and e2e.ids_ok)
+    if not e2e.completed:
+        print(f"\nEND TO END DID NOT COMPLETE within {args.timeout:.0f}s "
+              f"(last sample: {e2e.samples[-1] if e2e.samples else None})")
+        print("service log tail:\n" + e2e.log_tail)
+    e2e_s = e2e.seconds or float("nan")
+    e2e_eps = events / e2e_s
+    e2e_fps = n_frames / e2e_s
+    steady_eps = steady_fps = float("nan")
+    if e2e.first_commit is not None and e2e.completed and e2e.seconds > e2e.first_commit:
+        span = e2e.seconds - e2e.first_commit
+        steady_eps = (events - e2e.events_at_first_commit) / span
+        steady_fps = steady_eps * n_frames / events
+    rss_mb = (e2e.peak_rss_kb or 0) / 1024
+
+    rows = [
+        ("our decoder (1 core)", f"{ours_fps:,.0f} frames/s",
+         f"{ours_fps * events / n_frames:,.0f} events/s",
+         f">= {DECODE_TARGET_FPS:,} frames/s: {verdict(ours_fps >= DECODE_TARGET_FPS)}"),
+        ("atproto SDK decode (1 core)", f"{sdk_fps:,.0f} frames/s",
+         f"{sdk_fps * events / n_frames:,.0f} events/s", "Frame + parse + CAR + block look-up"),
+    ]
+    if models_fps is not None:
+        rows.append(("atproto SDK decode + models", f"{models_fps:,.0f} frames/s",
+                     f"{models_fps * events / n_frames:,.0f} events/s",
+                     "same + models.get_or_create(record)"))
+    rows += [
+        ("end to end, committed", f"{e2e_fps:,.0f} frames/s", f"{e2e_eps:,.0f} events/s",
+         f">= {E2E_TARGET_EPS:,} events/s: {verdict(e2e_eps >= E2E_TARGET_EPS)}"),
+        ("  after first commit", f"{steady_fps:,.0f} frames/s", f"{steady_eps:,.0f} events/s",
+         f"startup to first commit {e2e.first_commit or float('nan'):.2f}s"),
+        ("service peak RSS (VmHWM)", f"{rss_mb:,.0f} MB", "",
+         f"< {RSS_TARGET_MB} MB: {verdict(0 < rss_mb < RSS_TARGET_MB)}"),
+        ("ratio e2e / SDK decode", f"{e2e_fps / sdk_fps:.2f}x", "", "frames/s committed / decoded"),
+        ("ratio our / SDK decoder", f"{ours_fps / sdk_fps:.2f}x", "",
+         "" if models_fps is None else f"{ours_fps / models_fps:.2f}x vs SDK + models"),
+    ]
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    print()
+    for r in rows:
+        print("  ".join(cell.ljust(width[i]) for i, cell in enumerate(r)).rstrip())
+    print()
+    print(f"end to end: {n_frames:,} frames / {events:,} events committed in {e2e_s:.2f}s "
+          f"(service start -> last seq in the cursor); rows {e2e.rows:,}, ids 1..n gapless: "
+          f"{e2e.ids_ok}; service exit code on SIGTERM: {e2e.exit_code}; dead letters: "
+          f"{e2e.deadletters}; ingest restarts: {e2e.restarts}")
+    if e2e.service_cpu is not None and e2e.seconds:
+        print(f"CPU during the run: service {e2e.service_cpu:.1f}s "
+              f"({e2e.service_cpu / e2e.seconds:.0%} of one core), replay server "
+              f"{e2e.replay_cpu or float('nan'):.1f}s, whole machine "
+              f"{(e2e.machine_busy or 0):.0%} busy ({os.cpu_count()} cores)")
+    print(f"run valid: {valid}")
+    return 0 if valid else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
