@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from . import config
 from .log import db
 
 log = logging.getLogger("skywire_trio")
+DEFAULT_RATE_LIMIT = 50
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +31,20 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--port", type=int, default=8765)
     replay.add_argument("--rate", type=float, default=0.0, help="frames per second (0: max)")
     replay.add_argument("--le", action="store_true", help="little-endian length prefixes")
+    tokens = sub.add_parser("tokens", help="manage API tokens").add_subparsers(
+        dest="tokens_command", required=True)
+    create = tokens.add_parser("create", help="create a token and print it (shown once)")
+    create.add_argument("name")
+    create.add_argument("--collection", action="append", default=[],
+                        help="allowed collection (NSID or prefix.*); repeatable")
+    create.add_argument("--event-type", action="append", default=[],
+                        help="allowed event type; repeatable")
+    create.add_argument("--repo", action="append", default=[], help="allowed DID; repeatable")
+    create.add_argument("--rate-limit", type=int, default=DEFAULT_RATE_LIMIT,
+                        help=f"requests per second (default {DEFAULT_RATE_LIMIT})")
+    tokens.add_parser("list", help="list tokens (never the tokens themselves)")
+    revoke = tokens.add_parser("revoke", help="revoke a token, effective immediately")
+    revoke.add_argument("name")
     record = sub.add_parser("record", help="capture a live firehose into FILE")
     record.add_argument("url")
     record.add_argument("file", type=Path)
@@ -40,6 +56,42 @@ def _migrate(settings: config.Settings) -> None:
     if db.create_database_if_missing(settings.database_url):
         log.info("created database %s", settings.database_url)
     db.migrate(settings.sqlalchemy_url)
+
+
+def _tokens(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .api import auth, params
+
+    if args.tokens_command == "create":
+        scope = {"collection": args.collection, "repo": args.repo,
+                 "event_type": args.event_type}
+        try:
+            parsed = params.parse_events(scope)
+        except params.ApiError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
+        if not 1 <= args.rate_limit <= 100_000 or not args.name.strip():
+            print("error: --rate-limit must be 1..100000 and NAME non-empty", file=sys.stderr)
+            return 2
+        token = auth.new_token()
+        try:
+            db.create_token(settings.database_url, args.name,
+                            auth.token_hash(settings.api_token_salt, token),
+                            parsed.collections, parsed.filter.event_types, parsed.filter.repos,
+                            args.rate_limit)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(token)
+        return 0
+    if args.tokens_command == "list":
+        for row in db.list_tokens(settings.database_url):
+            print(json.dumps(row, default=str))
+        return 0
+    if not db.revoke_token(settings.database_url, args.name):
+        print(f"error: no active token named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.name}", file=sys.stderr)
+    return 0
 
 
 def _run(settings: config.Settings) -> int:
@@ -97,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         _migrate(settings)
         return 0
+    if args.command == "tokens":
+        _migrate(settings)
+        return _tokens(settings, args)
     return _run(settings)
 
 

@@ -51,6 +51,9 @@ class Settings:
     deadletter_dir: Path = Path("var/deadletter")
     # Accept a cursor recorded for a different upstream by resetting it.
     reset_cursor: bool = False
+    # Key of the HMAC under which API tokens are stored. The default is for development.
+    api_token_salt: str = "skywire-dev-salt"
+    api_pool_size: int = 4
 
     @property
     def subscribe_url(self) -> str:
@@ -131,6 +134,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         healthy_after=_float(env, "SKYWIRE_HEALTHY_AFTER", 60.0, 0.1, 3600.0),
         deadletter_dir=Path(env.get("SKYWIRE_DEADLETTER_DIR") or "var/deadletter"),
         reset_cursor=_bool(env, "SKYWIRE_RESET_CURSOR"),
+        api_token_salt=env.get("API_TOKEN_SALT") or Settings.api_token_salt,
+        api_pool_size=_int(env, "SKYWIRE_API_POOL_SIZE", 4, 1, 100),
     )
     if settings.backoff_max < settings.backoff_min:
         raise ConfigError("SKYWIRE_BACKOFF_MAX must not be smaller than SKYWIRE_BACKOFF_MIN")

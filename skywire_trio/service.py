@@ -1,15 +1,17 @@
 """The service nursery: everything ``python -m skywire_trio run`` keeps alive.
 
     service nursery (until SIGINT/SIGTERM)
+    ├── api                quart-trio app on hypercorn's trio worker (api/server.py)
     ├── partition-manager  premakes daily partitions on a timer
     └── ingest supervisor  (see ingest.py)
 
-The API will join this nursery beside the supervisor, not inside the ingest nursery, so
-consumers keep reading while ingestion restarts.
+The API sits beside the supervisor, not inside the ingest nursery, so consumers keep
+reading while ingestion restarts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from datetime import date, datetime, timedelta
 import trio
 import trio_asyncio
 
+from .api.server import serve_api
 from .config import Settings
 from .ingest import OpenStore, describe, supervise_ingest
 from .log import db
@@ -58,19 +61,27 @@ async def manage_partitions(settings: Settings, clock: Callable[[], datetime] = 
         await trio.sleep(PARTITION_CHECK_INTERVAL)
 
 
-async def serve(settings: Settings, stats: IngestStats | None = None,
-                open_store: OpenStore = db.connect, *,
-                task_status: trio.TaskStatus[IngestStats] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run every long-lived task until cancelled; reports the live stats when ready."""
-    stats = stats or IngestStats()
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """What a started service reports: its live stats and the API's URL."""
+
+    stats: IngestStats
+    api_url: str
+
+
+async def serve(settings: Settings, open_store: OpenStore = db.connect, *,
+                task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run every long-lived task until cancelled; reports ``Running`` when ready."""
+    stats = IngestStats(disconnected_since=trio.current_time())
     async with trio_asyncio.open_loop():
         async with open_store(settings.database_url) as store:
             # Refuse early, with the message, if the cursor belongs to another upstream.
             await store.claim_cursor(settings.subscribe_url, settings.reset_cursor)
         async with trio.open_nursery() as nursery:
+            api_url = await nursery.start(serve_api, settings, stats)
             await nursery.start(manage_partitions, settings)
             await nursery.start(supervise_ingest, settings, stats, open_store)
-            task_status.started(stats)
+            task_status.started(Running(stats, api_url))
 
 
 async def run_until_signal(settings: Settings) -> None:

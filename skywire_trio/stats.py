@@ -26,6 +26,7 @@ class IngestStats:
     frames_rejected: int = 0  # saved to the dead-letter directory
     duplicates_skipped: int = 0  # seq at or below the committed cursor
     upstream_connected: bool = False
+    disconnected_since: float | None = None  # trio clock; None before the first try
     buffered_frames: int = 0
     last_seq: int | None = None
     last_id: int = 0

@@ -100,10 +100,19 @@ def service_env(database_url: str, relay_url: str, tmp: Path, **extra: str) -> d
         "SKYWIRE_DEADLETTER_DIR": str(tmp / "deadletter"),
         "SKYWIRE_BACKOFF_MIN": "0.05",
         "SKYWIRE_BACKOFF_MAX": "0.5",
-        "PORT": "0",
+        "PORT": str(free_port()),
     })
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_service(env: dict[str, str], log_path: Path) -> subprocess.Popen:

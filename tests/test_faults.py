@@ -29,7 +29,7 @@ def _stored(url: str) -> list[tuple]:
 
 def _settings(url: str, port: int, tmp_path, **overrides: object) -> Settings:
     return dataclasses.replace(
-        Settings(database_url=url, relay_url=f"ws://127.0.0.1:{port}",
+        Settings(database_url=url, relay_url=f"ws://127.0.0.1:{port}", port=0,
                  deadletter_dir=tmp_path / "deadletter", backoff_min=0.02, backoff_max=0.2,
                  read_timeout=1.0),
         **overrides)
@@ -44,10 +44,10 @@ async def _run(server: ScriptedServer, settings_for, url: str, last_seq: int,
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.serve)
         settings = settings_for(port)
-        stats = await nursery.start(serve, settings, None, open_store)
+        running = await nursery.start(serve, settings, open_store)
         await wait_until(_complete(url, last_seq), timeout)
         nursery.cancel_scope.cancel()
-    return stats
+    return running.stats
 
 
 async def test_upstream_faults_lose_nothing(database, tmp_path):

@@ -7,8 +7,8 @@ from skywire_trio.log import db
 
 from .support import fresh_database, query
 
-TABLES = ("SELECT relname FROM pg_class WHERE relname LIKE 'firehose%%' "
-          "AND relkind IN ('r', 'p') ORDER BY 1")
+TABLES = ("SELECT relname FROM pg_class WHERE (relname LIKE 'firehose%%' "
+          "OR relname = 'api_tokens') AND relkind IN ('r', 'p') ORDER BY 1")
 
 
 def test_upgrade_downgrade_upgrade():
@@ -16,12 +16,12 @@ def test_upgrade_downgrade_upgrade():
         cfg = db.alembic_config("postgresql+psycopg://" + url.split("://", 1)[1])
         command.upgrade(cfg, "head")
         assert [r[0] for r in query(url, TABLES)] == [
-            "firehose_cursor", "firehose_events", "firehose_events_default"]
+            "api_tokens", "firehose_cursor", "firehose_events", "firehose_events_default"]
         query(url, "INSERT INTO firehose_cursor (upstream) VALUES ('ws://x')")
         command.downgrade(cfg, "base")
         assert query(url, TABLES) == []
         command.upgrade(cfg, "head")
-        assert len(query(url, TABLES)) == 3
+        assert len(query(url, TABLES)) == 4
         indexes = {r[0] for r in query(
             url, "SELECT indexname FROM pg_indexes WHERE tablename = 'firehose_events'")}
         assert {"firehose_events_id_idx", "firehose_events_collection_id_idx",

@@ -80,7 +80,7 @@ async def read_upstream(settings: Settings, cursor: int | None,
     try:
         async with open_websocket_url(url, max_message_size=WEBSOCKET_MAX_MESSAGE,
                                       connect_timeout=10, disconnect_timeout=2) as ws:
-            stats.upstream_connected = True
+            stats.upstream_connected, stats.disconnected_since = True, None
             log.info("connected to %s", url)
             try:
                 while True:
@@ -92,6 +92,7 @@ async def read_upstream(settings: Settings, cursor: int | None,
                     last_seq = await _accept(message, last_seq, send, settings, stats)
             finally:
                 stats.upstream_connected = False
+                stats.disconnected_since = trio.current_time()
                 # trio-websocket leaves the TCP stream open when the server closed first.
                 await ws._stream.aclose()
     except ConnectionClosed as exc:

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import psycopg
+import trio
 import triopg
 from alembic.config import Config
 from psycopg import sql
@@ -154,6 +155,199 @@ class LogStore:
                 f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')")
             created.append(name)
         return created
+
+
+@dataclasses.dataclass(frozen=True)
+class EventFilter:
+    """A validated /events query. Prefixes are LIKE patterns (already escaped)."""
+
+    since: int = 0
+    limit: int = 100
+    collections: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    repos: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    action: str | None = None
+
+
+# Postgres builds each event's JSON text itself, so the API never parses stored records:
+# it joins these texts into the response. Deletes carry no record and no cid, as in
+# Jetstream; `record_error` appears only when the record could not be stored.
+_EVENT_JSON = """
+CASE WHEN event_type = 'commit' THEN jsonb_build_object(
+    'id', id, 'seq', seq, 'did', repo, 'time_us', {time_us}, 'kind', 'commit',
+    'commit', jsonb_strip_nulls(jsonb_build_object(
+        'rev', rev, 'operation', action, 'collection', collection, 'rkey', rkey, 'cid', cid,
+        'record_error', record_error))
+      || CASE WHEN record IS NULL THEN '{{}}'::jsonb ELSE jsonb_build_object('record', record) END)
+ELSE jsonb_build_object(
+    'id', id, 'seq', seq, 'did', repo, 'time_us', {time_us}, 'kind', event_type,
+    event_type, record)
+END::text""".format(time_us="(extract(epoch FROM indexed_at) * 1000000)::bigint")
+
+# Identity and account events pass a collection filter: consumers need them to see
+# deletions and handle changes (an event_type filter can still exclude them).
+_PASS_COLLECTION_FILTER = "event_type IN ('identity', 'account')"
+
+
+def _event_query(f: EventFilter) -> tuple[str, list[object]]:
+    args: list[object] = [f.since, f.limit]
+    where = ["id > $1"]
+
+    def arg(value: object) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if f.collections or f.prefixes:
+        parts = []
+        if f.collections:
+            parts.append(f"collection = ANY({arg(list(f.collections))}::text[])")
+        if f.prefixes:
+            parts.append(f"collection LIKE ANY({arg(list(f.prefixes))}::text[])")
+        parts.append(_PASS_COLLECTION_FILTER)
+        where.append("(" + " OR ".join(parts) + ")")
+    if f.repos:
+        where.append(f"repo = ANY({arg(list(f.repos))}::text[])")
+    if f.event_types:
+        where.append(f"event_type = ANY({arg(list(f.event_types))}::text[])")
+    if f.action:
+        where.append(f"(action = {arg(f.action)} OR event_type <> 'commit')")
+    sql_text = (f"SELECT id, {_EVENT_JSON} FROM firehose_events WHERE {' AND '.join(where)} "
+                "ORDER BY id LIMIT $2")
+    return sql_text, args
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    """A stored API token (never the token itself)."""
+
+    name: str
+    token_hash: bytes
+    collections: tuple[str, ...]
+    event_types: tuple[str, ...]
+    repos: tuple[str, ...]
+    rate_limit: int
+    revoked: bool
+
+
+_TOKEN_COLUMNS = "name, token_hash, collections, event_types, repos, rate_limit, revoked_at"
+
+
+def _token(row: Sequence[object]) -> Token:
+    name, token_hash, collections, event_types, repos, rate_limit, revoked_at = row
+    return Token(str(name), bytes(token_hash), tuple(collections), tuple(event_types),
+                 tuple(repos), int(rate_limit), revoked_at is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """One partition of the log."""
+
+    name: str
+    lower: datetime | None  # None for the default partition
+    upper: datetime | None
+    rows_estimate: int
+    bytes: int
+
+
+class ReadStore:
+    """Read-side access for the API over a small connection pool."""
+
+    def __init__(self, pool: triopg._triopg.TrioPoolProxy) -> None:
+        self._pool = pool
+
+    async def events(self, f: EventFilter) -> list[tuple[int, str]]:
+        """(id, event JSON text) for the events matching ``f``, in log order."""
+        sql_text, args = _event_query(f)
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(sql_text, *args)
+        return [(row[0], row[1]) for row in rows]
+
+    async def cursor(self) -> Cursor | None:
+        """The committed cursor (also a liveness probe of the database)."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT upstream, last_seq, last_id FROM firehose_cursor")
+        return None if row is None else Cursor(row[0], row[1], row[2])
+
+    async def token(self, token_hash: bytes) -> Token | None:
+        """The token with this keyed hash, revoked or not."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1", token_hash)
+        return None if row is None else _token(tuple(row))
+
+    async def touch_token(self, name: str) -> None:
+        """Record that a token was used just now."""
+        async with self._pool.acquire() as conn:
+            await conn.execute("UPDATE api_tokens SET last_used_at = now() WHERE name = $1", name)
+
+    async def partitions(self) -> list[Partition]:
+        """Every partition of the log, oldest first, the default partition last."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT c.relname, greatest(c.reltuples, 0)::bigint, "
+                "pg_total_relation_size(c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'firehose_events'::regclass ORDER BY c.relname")
+        return sorted((_partition(r[0], r[1], r[2]) for r in rows),
+                      key=lambda p: (p.lower is None, p.name))
+
+
+def _partition(name: str, rows: int, size: int) -> Partition:
+    if name.startswith("firehose_events_p"):
+        day = datetime.strptime(name[len("firehose_events_p"):], "%Y%m%d").date()
+        return Partition(name, day_start(day), day_start(day + timedelta(days=1)), rows, size)
+    return Partition(name, None, None, rows, size)
+
+
+@asynccontextmanager
+async def open_read_store(database_url: str, size: int = 4) -> AsyncIterator[ReadStore]:
+    """A pool for the API. ``min_size=0``: the API starts even while the database is down."""
+    async with triopg.create_pool(database_url, min_size=0, max_size=size,
+                                  command_timeout=10) as pool:
+        yield ReadStore(pool)
+
+
+@asynccontextmanager
+async def listen_commits(database_url: str) -> AsyncIterator[trio.MemoryReceiveChannel[str]]:
+    """Notifications sent by each committed batch (payload: the new last id)."""
+    async with triopg.connect(database_url) as conn, conn.listen(
+            NOTIFY_CHANNEL, max_buffer_size=16) as notes:
+        yield notes
+
+
+# Admin operations for the command line (synchronous, psycopg).
+
+def create_token(database_url: str, name: str, token_hash: bytes, collections: Sequence[str],
+                 event_types: Sequence[str], repos: Sequence[str], rate_limit: int) -> None:
+    """Store a new token's hash and scope; raises ``ValueError`` if the name is taken."""
+    with psycopg.connect(_conninfo(database_url), autocommit=True) as conn:
+        try:
+            conn.execute(
+                "INSERT INTO api_tokens (name, token_hash, collections, event_types, repos, "
+                "rate_limit) VALUES (%s, %s, %s, %s, %s, %s)",
+                (name, token_hash, list(collections), list(event_types), list(repos),
+                 rate_limit))
+        except psycopg.errors.UniqueViolation:
+            raise ValueError(f"a token named {name!r} already exists") from None
+
+
+def list_tokens(database_url: str) -> list[dict[str, object]]:
+    """Every token's name, scope and dates (no hashes)."""
+    with psycopg.connect(_conninfo(database_url), autocommit=True) as conn:
+        cur = conn.execute(
+            "SELECT name, collections, event_types, repos, rate_limit, created_at, revoked_at, "
+            "last_used_at FROM api_tokens ORDER BY created_at, name")
+        names = [c.name for c in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def revoke_token(database_url: str, name: str) -> bool:
+    """Revoke a token; False if there is no such active token."""
+    with psycopg.connect(_conninfo(database_url), autocommit=True) as conn:
+        cur = conn.execute("UPDATE api_tokens SET revoked_at = now() "
+                           "WHERE name = %s AND revoked_at IS NULL", (name,))
+        return cur.rowcount == 1
 
 
 @asynccontextmanager

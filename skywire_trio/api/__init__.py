@@ -1,0 +1,1 @@
+"""The consumer API: authenticated, filtered, paged HTTP access to the log."""

@@ -1,0 +1,196 @@
+"""The quart-trio application: routes, authentication, errors as JSON.
+
+``create_app`` takes everything it needs as arguments (read store, stats, the commit
+signal, the token salt); there is no global state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from datetime import UTC, datetime
+
+import trio
+from asyncpg import PostgresError
+from asyncpg.exceptions import InterfaceError
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from ..log.db import ReadStore, Token
+from ..stats import IngestStats
+from . import auth, params
+from .errors import ApiError
+from .openapi import OPENAPI
+from .prometheus import render_metrics
+
+# Database failures the API answers with 503 instead of an error page.
+DB_ERRORS = (OSError, PostgresError, InterfaceError, trio.TooSlowError, TimeoutError)
+STALL_SECONDS = 60.0  # disconnected, or holding buffered work without a commit, this long
+# last_used_at is written at most this often per token: a write per request is not worth it.
+TOUCH_INTERVAL = 60.0
+
+
+class CommitSignal:
+    """Wakes long-polling requests when a batch is committed."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def fire(self) -> None:
+        """Wake every waiter."""
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        """Sleep until the next ``fire``."""
+        await self._event.wait()
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status,
+                    content_type="application/json", headers=headers)
+
+
+@dataclasses.dataclass
+class ApiState:
+    """What the routes share: stores, counters, limiter."""
+
+    store: ReadStore
+    stats: IngestStats
+    commits: CommitSignal
+    salt: str
+    limiter: auth.RateLimiter = dataclasses.field(default_factory=auth.RateLimiter)
+    responses: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
+    touched: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+async def _authenticate(state: ApiState) -> Token:
+    presented = auth.bearer_token(request.headers.get("Authorization"))
+    digest = auth.token_hash(state.salt, presented)
+    token = auth.check_token(await state.store.token(digest), digest)
+    state.limiter.check(token.name, token.rate_limit)
+    now = trio.current_time()
+    if now - state.touched.get(token.name, -TOUCH_INTERVAL) >= TOUCH_INTERVAL:
+        state.touched[token.name] = now
+        await state.store.touch_token(token.name)
+    return token
+
+
+async def _events(state: ApiState) -> Response:
+    token = await _authenticate(state)
+    parsed = params.parse_events(request.args.to_dict(flat=False))
+    event_filter, collections = auth.narrow(parsed.filter, parsed.collections, token)
+    exact, prefixes = params.split_collections(collections)
+    event_filter = dataclasses.replace(event_filter, collections=exact, prefixes=prefixes)
+    rows = await state.store.events(event_filter)
+    if not rows and parsed.wait > 0:
+        # Long-poll: woken by each committed batch (LISTEN/NOTIFY), re-checked every few
+        # seconds in case a notification was missed while the listener reconnected.
+        with trio.move_on_after(parsed.wait):
+            while not rows:
+                with trio.move_on_after(5.0):
+                    await state.commits.wait()
+                rows = await state.store.events(event_filter)
+    cursor = rows[-1][0] if rows else event_filter.since
+    body = '{"events":[' + ",".join(text for _, text in rows) + f'],"cursor":{cursor}}}'
+    return Response(body, content_type="application/json")
+
+
+def _health_body(state: ApiState, database_ok: bool) -> tuple[dict[str, object], bool]:
+    stats = state.stats
+    now = trio.current_time()
+    last_event = stats.last_event_time
+    lag = (datetime.now(UTC) - last_event).total_seconds() if last_event else None
+    since_commit = now - stats.last_commit_monotonic if stats.last_commit_monotonic else None
+    disconnected_for = (now - stats.disconnected_since
+                        if not stats.upstream_connected and stats.disconnected_since is not None
+                        else 0.0)
+    stalled = disconnected_for > STALL_SECONDS or (
+        stats.buffered_frames > 0 and (since_commit is None or since_commit > STALL_SECONDS))
+    healthy = database_ok and not stalled
+    body = {
+        "status": "ok" if healthy else ("database_unavailable" if not database_ok else "stalled"),
+        "database": "ok" if database_ok else "unreachable",
+        "upstream_connected": stats.upstream_connected,
+        "last_seq": stats.last_seq,
+        "last_id": stats.last_id,
+        "last_event_time": last_event.isoformat() if last_event else None,
+        "lag_seconds": round(lag, 3) if lag is not None else None,
+        "seconds_since_commit": round(since_commit, 3) if since_commit is not None else None,
+        "buffered_events": stats.buffered_frames,
+        "ingest_restarts": stats.ingest_restarts,
+    }
+    return body, healthy
+
+
+def create_app(state: ApiState) -> QuartTrio:
+    """The application, bound to ``state``."""
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+
+    @app.route("/events")
+    async def events() -> Response:
+        return await _events(state)
+
+    @app.route("/health")
+    async def health() -> Response:
+        try:
+            with trio.fail_after(2):
+                cursor = await state.store.cursor()
+            database_ok = True
+            if cursor is not None and state.stats.last_id == 0:
+                state.stats.last_id, state.stats.last_seq = cursor.last_id, cursor.last_seq
+        except DB_ERRORS:
+            database_ok = False
+        body, healthy = _health_body(state, database_ok)
+        return _json(body, 200 if healthy else 503)
+
+    @app.route("/partitions")
+    async def partitions() -> Response:
+        await _authenticate(state)
+        listing = await state.store.partitions()
+        return _json({"partitions": [{
+            "name": p.name,
+            "from": p.lower.isoformat() if p.lower else None,
+            "to": p.upper.isoformat() if p.upper else None,
+            "rows_estimate": p.rows_estimate,
+            "bytes": p.bytes,
+        } for p in listing]})
+
+    @app.route("/metrics")
+    async def metrics() -> Response:
+        text = render_metrics(state.stats, state.responses)
+        return Response(text, content_type="text/plain; version=0.0.4")
+
+    @app.route("/openapi.json")
+    async def openapi() -> Response:
+        return _json(OPENAPI)
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> Response:
+        return _json({"error": exc.code, "message": exc.message}, exc.status, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return _json({"error": code, "message": exc.description or exc.name}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        if isinstance(exc, DB_ERRORS):
+            return _json({"error": "database_unavailable",
+                          "message": "the database is unreachable; retry shortly"}, 503,
+                         {"Retry-After": "5"})
+        app.logger.exception("unexpected error")
+        return _json({"error": "internal", "message": "internal error"}, 500)
+
+    @app.after_request
+    async def count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "other"
+        state.responses[(route, response.status_code)] += 1
+        return response
+
+    del events, health, partitions, metrics, openapi, api_error, http_error, unexpected, count
+    return app

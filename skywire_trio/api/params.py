@@ -1,0 +1,116 @@
+"""Query parameters of ``GET /events``: parsed, validated, turned into an ``EventFilter``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+from ..log.db import EventFilter
+from .errors import ApiError
+
+__all__ = ["ApiError", "EventsRequest", "parse_events", "split_collections"]
+
+MAX_LIMIT = 1000
+MAX_WAIT = 30.0
+MAX_ID = 2**63 - 1
+EVENT_TYPES = ("commit", "identity", "account", "sync", "info")
+ACTIONS = ("create", "update", "delete")
+_NSID = re.compile(r"[a-zA-Z]([a-zA-Z0-9-]{0,62})(\.[a-zA-Z0-9-]{1,63}){2,}")
+_NSID_PREFIX = re.compile(r"[a-zA-Z]([a-zA-Z0-9-]{0,62})(\.[a-zA-Z0-9-]{1,63})*\.\*")
+_DID = re.compile(r"did:[a-z]+:[a-zA-Z0-9._:%-]{1,2000}")
+_KNOWN = {"since", "limit", "wait", "collection", "repo", "event_type", "action"}
+_MAX_VALUES = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class EventsRequest:
+    """A validated /events request."""
+
+    filter: EventFilter
+    collections: tuple[str, ...]  # as written: NSIDs and prefix.*
+    wait: float
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+def _single(args: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = args.get(name) or []
+    if len(values) > 1:
+        raise _bad(f"{name} may be given once")
+    return values[0] if values else None
+
+
+def _integer(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or not low <= int(raw) <= high:
+        raise _bad(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def _wait(raw: str | None) -> float:
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_WAIT:  # also false for NaN
+        raise _bad(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}")
+    return value
+
+
+def _many(args: Mapping[str, Sequence[str]], name: str, pattern: re.Pattern[str] | None,
+          choices: tuple[str, ...] = ()) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(args.get(name) or []))  # de-duplicated, in order
+    if len(values) > _MAX_VALUES:
+        raise _bad(f"at most {_MAX_VALUES} {name} values")
+    for value in values:
+        if choices and value not in choices:
+            raise _bad(f"{name} must be one of {', '.join(choices)}")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise _bad(f"{name} {value[:100]!r} is not valid")
+    return values
+
+
+def _valid_collection(value: str) -> bool:
+    return bool(_NSID.fullmatch(value) or _NSID_PREFIX.fullmatch(value)) and len(value) <= 317
+
+
+def like_pattern(prefix: str) -> str:
+    """``app.bsky.*`` -> the LIKE pattern ``app.bsky.%`` (LIKE metacharacters escaped)."""
+    stem = prefix[:-1]
+    return stem.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def split_collections(collections: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Exact NSIDs, and LIKE patterns for the ``prefix.*`` entries."""
+    exact = tuple(c for c in collections if not c.endswith(".*"))
+    prefixes = tuple(like_pattern(c) for c in collections if c.endswith(".*"))
+    return exact, prefixes
+
+
+def parse_events(args: Mapping[str, Sequence[str]]) -> EventsRequest:
+    """Validate the query string of /events (``args`` maps a name to all its values)."""
+    unknown = sorted(set(args) - _KNOWN)
+    if unknown:
+        raise _bad(f"unknown parameter {unknown[0][:100]!r}")
+    collections = _many(args, "collection", None)
+    bad = [c for c in collections if not _valid_collection(c)]
+    if bad:
+        raise _bad(f"collection {bad[0][:100]!r} is not an NSID or an NSID prefix ending in .*")
+    action = _single(args, "action")
+    if action is not None and action not in ACTIONS:
+        raise _bad(f"action must be one of {', '.join(ACTIONS)}")
+    event_filter = EventFilter(
+        since=_integer(_single(args, "since"), "since", 0, 0, MAX_ID),
+        limit=_integer(_single(args, "limit"), "limit", 100, 1, MAX_LIMIT),
+        repos=_many(args, "repo", _DID),
+        event_types=_many(args, "event_type", None, EVENT_TYPES),
+        action=action,
+    )
+    return EventsRequest(event_filter, collections, _wait(_single(args, "wait")))
