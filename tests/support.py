@@ -87,7 +87,7 @@ def fresh_database(admin_url: str = ADMIN_URL, migrate: bool = True) -> Iterator
 def query(url: str, sql: str, *args: object) -> list[tuple]:
     """Run one statement and return all rows."""
     with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(sql, args)
+        cur = conn.execute(sql, args or None)
         return cur.fetchall() if cur.description else []
 
 

@@ -7,7 +7,7 @@ from skywire_trio.log import db
 
 from .support import fresh_database, query
 
-TABLES = ("SELECT relname FROM pg_class WHERE (relname LIKE 'firehose%%' "
+TABLES = ("SELECT relname FROM pg_class WHERE (relname LIKE 'firehose%' "
           "OR relname = 'api_tokens') AND relkind IN ('r', 'p') ORDER BY 1")
 
 
