@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     tokens.add_parser("list", help="list tokens (never the tokens themselves)")
     revoke = tokens.add_parser("revoke", help="revoke a token, effective immediately")
     revoke.add_argument("name")
+    partitions = sub.add_parser("partitions", help="list or maintain the log's partitions")
+    partitions.add_argument("action", choices=["list", "maintain"])
     record = sub.add_parser("record", help="capture a live firehose into FILE")
     record.add_argument("url")
     record.add_argument("file", type=Path)
@@ -91,6 +93,31 @@ def _tokens(settings: config.Settings, args: argparse.Namespace) -> int:
         print(f"error: no active token named {args.name!r}", file=sys.stderr)
         return 1
     print(f"revoked {args.name}", file=sys.stderr)
+    return 0
+
+
+def _partitions(settings: config.Settings, action: str) -> int:
+    import trio_asyncio
+
+    from .log.batcher import utc_now
+    from .log.partitions import maintain
+
+    async def main() -> None:
+        async with trio_asyncio.open_loop(), db.connect(settings.database_url) as store:
+            if action == "maintain":
+                report = await maintain(store, utc_now(), settings.premake_days,
+                                        settings.retention_days)
+                print(report.summary())
+                return
+            now = utc_now()
+            print(f"{'name':28} {'from':26} {'to':26} {'rows':>12} {'bytes':>14}")
+            for p in await store.partitions():
+                entry = p.as_json(now)
+                flag = " current" if entry["current"] else (" DEFAULT" if entry["default"] else "")
+                print(f"{p.name:28} {entry['from'] or '-':26} {entry['to'] or '-':26} "
+                      f"{p.rows_estimate:>12} {p.bytes:>14}{flag}")
+
+    trio.run(main)
     return 0
 
 
@@ -152,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tokens":
         _migrate(settings)
         return _tokens(settings, args)
+    if args.command == "partitions":
+        _migrate(settings)
+        return _partitions(settings, args.action)
     return _run(settings)
 
 

@@ -54,6 +54,8 @@ class Settings:
     # Key of the HMAC under which API tokens are stored. The default is for development.
     api_token_salt: str = "skywire-dev-salt"
     api_pool_size: int = 4
+    # How often the partition manager runs a maintenance pass.
+    partition_interval: float = 3600.0
 
     @property
     def subscribe_url(self) -> str:
@@ -136,6 +138,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         reset_cursor=_bool(env, "SKYWIRE_RESET_CURSOR"),
         api_token_salt=env.get("API_TOKEN_SALT") or Settings.api_token_salt,
         api_pool_size=_int(env, "SKYWIRE_API_POOL_SIZE", 4, 1, 100),
+        partition_interval=_float(env, "SKYWIRE_PARTITION_INTERVAL", 3600.0, 1.0, 86400.0),
     )
     if settings.backoff_max < settings.backoff_min:
         raise ConfigError("SKYWIRE_BACKOFF_MAX must not be smaller than SKYWIRE_BACKOFF_MIN")

@@ -15,51 +15,20 @@ import dataclasses
 import logging
 import signal
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import datetime
 
 import trio
 import trio_asyncio
 
 from .api.server import serve_api
 from .config import Settings
-from .ingest import OpenStore, describe, supervise_ingest
+from .ingest import OpenStore, supervise_ingest
 from .log import db
 from .log.batcher import utc_now
+from .log.partitions import manage_partitions
 from .stats import IngestStats
 
 log = logging.getLogger(__name__)
-
-PARTITION_CHECK_INTERVAL = 3600.0
-
-
-def premake_days(today: date, ahead: int) -> list[date]:
-    """Today and the ``ahead`` days after it."""
-    return [today + timedelta(days=n) for n in range(ahead + 1)]
-
-
-async def manage_partitions(settings: Settings, clock: Callable[[], datetime] = utc_now, *,
-                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                            ) -> None:
-    """Keep today's and the next days' partitions in place, checking every hour.
-
-    A failed pass is logged and retried at the next tick: rows still land safely in the
-    default partition meanwhile, so this task must not take the service down.
-    """
-    first = True
-    while True:
-        try:
-            async with db.connect(settings.database_url) as store:
-                created = await store.ensure_partitions(
-                    premake_days(clock().date(), settings.premake_days))
-            if created:
-                log.info("created partitions %s", ", ".join(created))
-        except Exception as exc:  # retried at the next tick; see docstring
-            log.warning("partition maintenance failed: %s", describe(exc))
-        if first:
-            task_status.started()
-            first = False
-        await trio.sleep(PARTITION_CHECK_INTERVAL)
-
 
 @dataclasses.dataclass(frozen=True)
 class Running:
@@ -69,9 +38,14 @@ class Running:
     api_url: str
 
 
-async def serve(settings: Settings, open_store: OpenStore = db.connect, *,
+async def serve(settings: Settings, open_store: OpenStore = db.connect,
+                clock: Callable[[], datetime] = utc_now, *,
                 task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run every long-lived task until cancelled; reports ``Running`` when ready."""
+    """Run every long-lived task until cancelled; reports ``Running`` when ready.
+
+    ``clock`` gives the wall time for ``indexed_at`` and partition maintenance (tests
+    inject one to make days pass).
+    """
     stats = IngestStats(disconnected_since=trio.current_time())
     async with trio_asyncio.open_loop():
         async with open_store(settings.database_url) as store:
@@ -79,8 +53,8 @@ async def serve(settings: Settings, open_store: OpenStore = db.connect, *,
             await store.claim_cursor(settings.subscribe_url, settings.reset_cursor)
         async with trio.open_nursery() as nursery:
             api_url = await nursery.start(serve_api, settings, stats)
-            await nursery.start(manage_partitions, settings)
-            await nursery.start(supervise_ingest, settings, stats, open_store)
+            await nursery.start(manage_partitions, settings, clock, stats)
+            await nursery.start(supervise_ingest, settings, stats, open_store, clock)
             task_status.started(Running(stats, api_url))
 
 

@@ -94,7 +94,14 @@ async def _events(state: ApiState) -> Response:
                     await state.commits.wait()
                 rows = await state.store.events(event_filter)
     cursor = rows[-1][0] if rows else event_filter.since
-    body = '{"events":[' + ",".join(text for _, text in rows) + f'],"cursor":{cursor}}}'
+    skipped = ""
+    if not rows or rows[0][0] != event_filter.since + 1:
+        # Ids are gapless, so anything between `since` and the oldest retained id was
+        # dropped by retention: say so, with the count, so the consumer knows.
+        oldest = await state.store.oldest_id()
+        if oldest is not None and oldest > event_filter.since + 1:
+            skipped = f',"skipped":{oldest - event_filter.since - 1}'
+    body = '{"events":[' + ",".join(text for _, text in rows) + f'],"cursor":{cursor}{skipped}}}'
     return Response(body, content_type="application/json")
 
 
@@ -120,6 +127,7 @@ def _health_body(state: ApiState, database_ok: bool) -> tuple[dict[str, object],
         "lag_seconds": round(lag, 3) if lag is not None else None,
         "seconds_since_commit": round(since_commit, 3) if since_commit is not None else None,
         "buffered_events": stats.buffered_frames,
+        "default_partition_rows": stats.default_partition_rows,
         "ingest_restarts": stats.ingest_restarts,
     }
     return body, healthy
@@ -139,6 +147,7 @@ def create_app(state: ApiState) -> QuartTrio:
         try:
             with trio.fail_after(2):
                 cursor = await state.store.cursor()
+                state.stats.default_partition_rows = await state.store.default_rows()
             database_ok = True
             if cursor is not None and state.stats.last_id == 0:
                 state.stats.last_id, state.stats.last_seq = cursor.last_id, cursor.last_seq
@@ -151,13 +160,7 @@ def create_app(state: ApiState) -> QuartTrio:
     async def partitions() -> Response:
         await _authenticate(state)
         listing = await state.store.partitions()
-        return _json({"partitions": [{
-            "name": p.name,
-            "from": p.lower.isoformat() if p.lower else None,
-            "to": p.upper.isoformat() if p.upper else None,
-            "rows_estimate": p.rows_estimate,
-            "bytes": p.bytes,
-        } for p in listing]})
+        return _json({"partitions": [p.as_json(datetime.now(UTC)) for p in listing]})
 
     @app.route("/metrics")
     async def metrics() -> Response:

@@ -64,7 +64,11 @@ OPENAPI: dict[str, Any] = {
                                "properties": {
                                    "events": {"type": "array",
                                               "items": {"$ref": "#/components/schemas/Event"}},
-                                   "cursor": {"type": "integer"}}}}}},
+                                   "cursor": {"type": "integer"},
+                                   "skipped": {
+                                       "type": "integer", "minimum": 1,
+                                       "description": "events after `since` that retention "
+                                                      "already dropped"}}}}}},
                 **_errors(400, 401, 403, 429, 503),
             },
         }},

@@ -44,6 +44,11 @@ def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]]) -> s
         ("skywire_last_id", "gauge", "Last committed log id.", [("", stats.last_id)]),
         ("skywire_lag_seconds", "gauge", "Now minus the last committed event's time.",
          [("", round(lag, 3))]),
+        ("skywire_default_partition_rows", "gauge",
+         "Rows in firehose_events_default (should be 0).",
+         [("", stats.default_partition_rows)]),
+        ("skywire_partitions_dropped_total", "counter", "Expired daily partitions dropped.",
+         [("", stats.partitions_dropped)]),
         ("skywire_api_responses_total", "counter", "API responses by route and status.",
          [(f'route="{route}",status="{status}"', n)
           for (route, status), n in sorted(responses.items())]),

@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ("id", "seq", "repo", "event_type", "action", "collection", "rkey", "cid", "rev",
            "record", "record_error", "raw", "event_time", "indexed_at")
 NOTIFY_CHANNEL = "skywire_events"
+# DDL on the log waits at most this long for a lock, so it never holds up the writer
+# (whose batches take ~10-50 ms) for longer than about one batch interval.
+LOCK_TIMEOUT_MS = 100
 
 
 class CursorMismatch(RuntimeError):
@@ -140,21 +143,53 @@ class LogStore:
                                      str(new_last_id))
         return new_last_id
 
-    async def ensure_partitions(self, days: Sequence[date]) -> list[str]:
-        """Create the daily partitions that are missing; returns the names created."""
-        created = []
-        for day in days:
-            name = partition_name(day)
-            exists = await self._conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
-            if exists:
-                continue
-            lower, upper = day_start(day), day_start(day + timedelta(days=1))
-            # Bounds are literals in DDL; they come from dates, never from input.
+    async def partitions(self) -> list[Partition]:
+        """Every partition of the log, oldest first, the default partition last."""
+        return await _partitions(self._conn)
+
+    async def default_days(self) -> list[date]:
+        """The UTC days of the rows sitting in the default partition."""
+        rows = await self._conn.fetch(
+            "SELECT DISTINCT (indexed_at AT TIME ZONE 'UTC')::date FROM firehose_events_default "
+            "ORDER BY 1")
+        return [row[0] for row in rows]
+
+    async def create_partition(self, day: date) -> int:
+        """Create the partition for ``day``, moving its rows out of the default partition.
+
+        Built beside the table and attached (SHARE UPDATE EXCLUSIVE on the parent, unlike
+        CREATE TABLE ... PARTITION OF), under a short lock timeout so that it never queues
+        in front of the writer for long; a timeout raises and the next pass retries.
+        Returns how many rows were moved from the default partition.
+        """
+        name = partition_name(day)
+        lower, upper = day_start(day).isoformat(), day_start(day + timedelta(days=1)).isoformat()
+        async with self._conn.transaction():
+            await self._conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+            # Names and bounds come from dates, never from input.
             await self._conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF firehose_events "
-                f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')")
-            created.append(name)
-        return created
+                f"CREATE TABLE {name} (LIKE firehose_events INCLUDING DEFAULTS INCLUDING "
+                "CONSTRAINTS)")
+            status = await self._conn.execute(
+                f"WITH moved AS (DELETE FROM firehose_events_default WHERE indexed_at >= "
+                f"'{lower}' AND indexed_at < '{upper}' RETURNING *) "
+                f"INSERT INTO {name} SELECT * FROM moved")
+            await self._conn.execute(
+                f"ALTER TABLE firehose_events ATTACH PARTITION {name} "
+                f"FOR VALUES FROM ('{lower}') TO ('{upper}')")
+        return int(status.split()[-1])
+
+    async def drop_partition(self, name: str) -> None:
+        """Drop one daily partition (never the default one), under a short lock timeout."""
+        if not name.startswith("firehose_events_p") or not name[17:].isdigit():
+            raise ValueError(f"{name!r} is not a daily partition")
+        async with self._conn.transaction():
+            await self._conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+            await self._conn.execute(f"DROP TABLE {name}")
+
+    async def default_rows(self) -> int:
+        """Rows in the default partition (normally none)."""
+        return await self._conn.fetchval("SELECT count(*) FROM firehose_events_default")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +284,18 @@ class Partition:
     rows_estimate: int
     bytes: int
 
+    def as_json(self, now: datetime) -> dict[str, object]:
+        """The listing entry shared by ``GET /partitions`` and ``partitions list``."""
+        return {
+            "name": self.name,
+            "from": self.lower.isoformat() if self.lower else None,
+            "to": self.upper.isoformat() if self.upper else None,
+            "rows_estimate": self.rows_estimate,
+            "bytes": self.bytes,
+            "current": self.lower is not None and self.lower <= now < self.upper,
+            "default": self.lower is None,
+        }
+
 
 class ReadStore:
     """Read-side access for the API over a small connection pool."""
@@ -284,13 +331,30 @@ class ReadStore:
     async def partitions(self) -> list[Partition]:
         """Every partition of the log, oldest first, the default partition last."""
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT c.relname, greatest(c.reltuples, 0)::bigint, "
-                "pg_total_relation_size(c.oid) FROM pg_inherits i "
-                "JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'firehose_events'::regclass ORDER BY c.relname")
-        return sorted((_partition(r[0], r[1], r[2]) for r in rows),
-                      key=lambda p: (p.lower is None, p.name))
+            return await _partitions(conn)
+
+    async def oldest_id(self) -> int | None:
+        """The smallest id still in the log (older days may have been dropped)."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetchval("SELECT min(id) FROM firehose_events")
+
+    async def default_rows(self) -> int:
+        """Rows in the default partition (normally none)."""
+        async with self._pool.acquire() as conn:
+            return await conn.fetchval("SELECT count(*) FROM firehose_events_default")
+
+
+async def _partitions(conn: triopg._triopg.TrioConnectionProxy) -> list[Partition]:
+    # Row counts are the statistics' live-tuple estimate (cheap, no scan), except for the
+    # default partition, counted exactly: any row there is something an operator must see.
+    rows = await conn.fetch(
+        "SELECT c.relname, CASE WHEN c.relname = 'firehose_events_default' "
+        "THEN (SELECT count(*) FROM firehose_events_default) "
+        "ELSE pg_stat_get_live_tuples(c.oid) END, pg_total_relation_size(c.oid) "
+        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'firehose_events'::regclass")
+    return sorted((_partition(r[0], r[1], r[2]) for r in rows),
+                  key=lambda p: (p.lower is None, p.name))
 
 
 def _partition(name: str, rows: int, size: int) -> Partition:

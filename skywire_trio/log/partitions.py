@@ -1,0 +1,98 @@
+"""Partition lifecycle: premake daily partitions, empty the default one, drop expired days.
+
+The log is a replication buffer, not an archive: whole days are dropped once their
+entire range is older than the retention (never ``DELETE``). Names, bounds and the default
+partition follow pg_partman 5 (``firehose_events_pYYYYMMDD``, UTC midnights), so an
+operator can hand the table to pg_partman instead (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import trio
+
+from ..config import Settings
+from ..stats import IngestStats
+from . import db
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaintenanceReport:
+    """What one maintenance pass did."""
+
+    created: list[str]
+    dropped: list[str]
+    moved_rows: int
+    default_rows: int  # left in the default partition after the pass
+
+    def summary(self) -> str:
+        """One human line."""
+        return (f"created: {', '.join(self.created) or 'none'}; "
+                f"dropped: {', '.join(self.dropped) or 'none'}; "
+                f"moved {self.moved_rows} row(s) out of the default partition, "
+                f"{self.default_rows} left there")
+
+
+async def maintain(store: db.LogStore, now: datetime, premake_days: int,
+                   retention_days: int) -> MaintenanceReport:
+    """One pass: premake today + ``premake_days``, move default rows, drop expired days."""
+    existing = {p.name for p in await store.partitions()}
+    today = now.date()
+    created, moved = [], 0
+    # Days that have rows in the default partition first (their rows move out), then the
+    # premake window.
+    days = await store.default_days()
+    days += [today + timedelta(days=n) for n in range(premake_days + 1)]
+    for day in days:
+        name = db.partition_name(day)
+        if name not in existing:
+            moved += await store.create_partition(day)
+            existing.add(name)
+            created.append(name)
+    cutoff = now - timedelta(days=retention_days)
+    dropped = []
+    for partition in await store.partitions():
+        # Only whole days entirely older than the retention; never today's partition
+        # (retention is at least one day) and never the default partition.
+        if partition.upper is not None and partition.upper <= cutoff:
+            await store.drop_partition(partition.name)
+            dropped.append(partition.name)
+    return MaintenanceReport(created, dropped, moved, await store.default_rows())
+
+
+async def manage_partitions(settings: Settings, clock: Callable[[], datetime],
+                            stats: IngestStats, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+    """The partition-manager task: a pass at start, then every ``partition_interval``.
+
+    A failed pass (database down, a lock not granted within its short timeout) is logged
+    and retried at the next tick: rows still land safely meanwhile (in the default
+    partition at worst), so this task must never take the service down.
+    """
+    from ..ingest import describe  # one formatter for exception groups
+
+    first = True
+    while True:
+        try:
+            async with db.connect(settings.database_url) as store:
+                report = await maintain(store, clock(), settings.premake_days,
+                                        settings.retention_days)
+            if report.created or report.dropped or report.moved_rows:
+                log.info("partition maintenance: %s", report.summary())
+            stats.default_partition_rows = report.default_rows
+            stats.partitions_dropped += len(report.dropped)
+            if report.default_rows:
+                log.warning("%d row(s) remain in firehose_events_default", report.default_rows)
+        except Exception as exc:  # retried at the next tick; see docstring
+            log.warning("partition maintenance failed: %s", describe(exc))
+        if first:
+            task_status.started()
+            first = False
+        await trio.sleep(settings.partition_interval)
