@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     tokens.add_parser("list", help="list tokens (never the tokens themselves)")
     revoke = tokens.add_parser("revoke", help="revoke a token, effective immediately")
     revoke.add_argument("name")
+    sub.add_parser("config", help="print the effective configuration, secrets masked")
+    cursor = sub.add_parser("cursor", help="show or set the ingest cursor")
+    cursor_sub = cursor.add_subparsers(dest="cursor_command", required=True)
+    cursor_sub.add_parser("show", help="print the committed cursor")
+    setter = cursor_sub.add_parser("set", help="set the upstream seq to resume after "
+                                               "(refused while the service runs)")
+    setter.add_argument("seq", type=int)
     partitions = sub.add_parser("partitions", help="list or maintain the log's partitions")
     partitions.add_argument("action", choices=["list", "maintain"])
     record = sub.add_parser("record", help="capture a live firehose into FILE")
@@ -52,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("file", type=Path)
     record.add_argument("--limit", type=int, default=None, help="stop after N frames")
     return parser
+
+
+@contextmanager
+def _database(settings: config.Settings) -> Iterator[config.Settings]:
+    """``settings`` with a database URL: the configured one, or the embedded server's."""
+    if settings.database_url is not None:
+        yield settings
+        return
+    from .embedded import embedded_postgres
+
+    log.info("DATABASE_URL is not set: using the embedded PostgreSQL in %s",
+             settings.data_dir / "pgdata")
+    with embedded_postgres(settings.data_dir) as url:
+        yield dataclasses.replace(settings, database_url=url)
 
 
 def _migrate(settings: config.Settings) -> None:
@@ -121,6 +144,22 @@ def _partitions(settings: config.Settings, action: str) -> int:
     return 0
 
 
+def _cursor(settings: config.Settings, args: argparse.Namespace) -> int:
+    if args.cursor_command == "show":
+        print(json.dumps(db.show_cursor(settings.database_url), default=str))
+        return 0
+    if args.seq < 0:
+        print("error: SEQ must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        db.set_cursor(settings.database_url, args.seq)
+    except db.WriterActive as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"cursor set: the next start resumes after seq {args.seq}", file=sys.stderr)
+    return 0
+
+
 def _run(settings: config.Settings) -> int:
     from .service import run_until_signal
 
@@ -159,20 +198,48 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+                 "level": record.levelname.lower(), "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(production: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if production else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # One line per request is what metrics are for.
+    logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    if args.command == "replay":
-        return _replay(args)
-    if args.command == "record":
-        return _record(args)
     try:
         settings = config.from_env()
     except config.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    _setup_logging(settings.environment == "production")
+    if args.command == "replay":
+        return _replay(args)
+    if args.command == "record":
+        return _record(args)
+    if args.command == "config":
+        for name, value in settings.masked().items():
+            print(f"{name} = {value}")
+        return 0
+    with _database(settings) as settings:
+        return _with_database(settings, args)
+
+
+def _with_database(settings: config.Settings, args: argparse.Namespace) -> int:
     if args.command == "migrate":
         _migrate(settings)
         return 0
@@ -182,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "partitions":
         _migrate(settings)
         return _partitions(settings, args.action)
+    if args.command == "cursor":
+        _migrate(settings)
+        return _cursor(settings, args)
     return _run(settings)
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/skywire"
+DEV_TOKEN_SALT = "skywire-dev-salt"
 DEFAULT_RELAY_URL = "wss://bsky.network"
 SUBSCRIBE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
 
@@ -25,7 +26,10 @@ class ConfigError(ValueError):
 class Settings:
     """Every knob of the service, with defaults that work on a laptop."""
 
-    database_url: str = DEFAULT_DATABASE_URL
+    # None: start the embedded PostgreSQL (pgserver) with its data in ``data_dir``.
+    database_url: str | None = None
+    data_dir: Path = Path("var")
+    environment: str = "development"  # or "production": JSON logs, no default secrets
     relay_url: str = DEFAULT_RELAY_URL
     host: str = "127.0.0.1"
     port: int = 4000
@@ -44,15 +48,11 @@ class Settings:
     backoff_max: float = 60.0
     # After this long without a failure, the next failure starts again at backoff_min.
     healthy_after: float = 60.0
-    # Frames the spec allows are <= 5 MB; the websocket accepts more so that an oversized
-    # frame reaches the decoder, which saves it to the dead-letter directory instead of the
-    # connection failing on it forever.
-    max_frame_bytes: int = 5 * 1024 * 1024
     deadletter_dir: Path = Path("var/deadletter")
     # Accept a cursor recorded for a different upstream by resetting it.
     reset_cursor: bool = False
     # Key of the HMAC under which API tokens are stored. The default is for development.
-    api_token_salt: str = "skywire-dev-salt"
+    api_token_salt: str = DEV_TOKEN_SALT
     api_pool_size: int = 4
     # How often the partition manager runs a maintenance pass.
     partition_interval: float = 3600.0
@@ -68,8 +68,29 @@ class Settings:
     @property
     def sqlalchemy_url(self) -> str:
         """The database URL in the form SQLAlchemy + psycopg 3 expect (used by alembic)."""
-        scheme, rest = self.database_url.split("://", 1)
-        return f"postgresql+psycopg://{rest}"
+        if self.database_url is None:
+            raise ValueError("the embedded database has not been started")
+        return "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
+
+    def masked(self) -> dict[str, str]:
+        """The effective configuration as text, secrets masked (``config`` command)."""
+        shown = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "api_token_salt":
+                value = "(development default)" if value == DEV_TOKEN_SALT else "********"
+            elif field.name == "database_url":
+                value = "(embedded PostgreSQL)" if value is None else _mask_password(value)
+            shown[field.name] = str(value)
+        return shown
+
+
+def _mask_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":********@")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
@@ -99,6 +120,13 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float,
     return value
 
 
+def _host(env: Mapping[str, str]) -> str:
+    value = env.get("HOST") or "127.0.0.1"
+    if not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]{1,255}", value):
+        raise ConfigError(f"HOST must be a host name or IP address, got {value[:200]!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no"):
@@ -108,11 +136,23 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
+def _url(env: Mapping[str, str], name: str, default: str | None,
+         schemes: tuple[str, ...]) -> str | None:
     value = env.get(name) or default
+    if value is None:
+        return None
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
-        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host, got {value!r}")
+        shown = _mask_password(value) if parts.scheme else value[:200]
+        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host, "
+                          f"got {shown!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value[:200]!r}")
     return value
 
 
@@ -120,9 +160,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     """Build validated ``Settings`` from an environment mapping (``os.environ`` by default)."""
     env = os.environ if env is None else env
     settings = Settings(
-        database_url=_url(env, "DATABASE_URL", DEFAULT_DATABASE_URL, ("postgresql", "postgres")),
-        relay_url=_url(env, "SKYWIRE_RELAY_URL", DEFAULT_RELAY_URL, ("ws", "wss")),
-        host=env.get("HOST") or "127.0.0.1",
+        database_url=_url(env, "DATABASE_URL", None, ("postgresql", "postgres")),
+        data_dir=Path(env.get("SKYWIRE_DATA_DIR") or "var"),
+        environment=_choice(env, "SKYWIRE_ENV", "development", ("development", "production")),
+        relay_url=_url(env, "SKYWIRE_RELAY_URL", DEFAULT_RELAY_URL, ("ws", "wss")) or "",
+        host=_host(env),
         port=_int(env, "PORT", 4000, 0, 65535),
         retention_days=_int(env, "SKYWIRE_RETENTION_DAYS", 7, 1, 3650),
         premake_days=_int(env, "SKYWIRE_PREMAKE_DAYS", 4, 1, 90),
@@ -142,4 +184,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     )
     if settings.backoff_max < settings.backoff_min:
         raise ConfigError("SKYWIRE_BACKOFF_MAX must not be smaller than SKYWIRE_BACKOFF_MIN")
+    if settings.environment == "production":
+        if settings.api_token_salt == DEV_TOKEN_SALT or len(settings.api_token_salt) < 32:
+            raise ConfigError("API_TOKEN_SALT must be set to a secret of at least 32 characters "
+                              "when SKYWIRE_ENV=production (e.g. `openssl rand -hex 32`)")
+        if settings.database_url is None:
+            raise ConfigError("DATABASE_URL must be set when SKYWIRE_ENV=production "
+                              "(the embedded PostgreSQL is for development)")
     return settings

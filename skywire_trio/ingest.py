@@ -60,6 +60,7 @@ def describe(exc: BaseException) -> str:
 async def run_ingest_once(settings: Settings, store: db.LogStore, stats: IngestStats,
                           clock: Callable[[], datetime] = utc_now) -> None:
     """One ingest nursery: resume after the committed cursor until something fails."""
+    await store.lock_writer()
     cursor = await store.claim_cursor(settings.subscribe_url, settings.reset_cursor)
     stats.last_id, stats.last_seq = cursor.last_id, cursor.last_seq
     send, receive = trio.open_memory_channel[Frame](settings.buffer_frames)

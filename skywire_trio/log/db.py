@@ -40,6 +40,15 @@ class ConcurrentWriter(RuntimeError):
     """The cursor moved under us: another process is writing the log."""
 
 
+class WriterActive(RuntimeError):
+    """Another session holds the writer lock: a service is ingesting into this database."""
+
+
+# Session-level advisory lock held by whoever writes the log (an ingest run, `cursor set`):
+# a second instance waits as a standby instead of writing beside the first.
+WRITER_LOCK = 0x736B7977  # "skyw"
+
+
 @dataclasses.dataclass(frozen=True)
 class Cursor:
     """The committed position: upstream seq and the last log id."""
@@ -94,6 +103,11 @@ class LogStore:
 
     def __init__(self, conn: triopg._triopg.TrioConnectionProxy) -> None:
         self._conn = conn
+
+    async def lock_writer(self) -> None:
+        """Take the writer lock for this connection's life, or raise ``WriterActive``."""
+        if not await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+            raise WriterActive("another skywire-trio instance is ingesting into this database")
 
     async def claim_cursor(self, upstream: str, reset: bool = False) -> Cursor:
         """Return the cursor for ``upstream``, creating the row on first start.
@@ -404,6 +418,30 @@ def list_tokens(database_url: str) -> list[dict[str, object]]:
             "last_used_at FROM api_tokens ORDER BY created_at, name")
         names = [c.name for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def show_cursor(database_url: str) -> dict[str, object] | None:
+    """The cursor row, for an operator."""
+    with psycopg.connect(_conninfo(database_url), autocommit=True) as conn:
+        cur = conn.execute("SELECT upstream, last_seq, last_id, updated_at FROM firehose_cursor")
+        row = cur.fetchone()
+        return None if row is None else dict(zip([c.name for c in cur.description], row,
+                                                 strict=True))
+
+
+def set_cursor(database_url: str, last_seq: int) -> None:
+    """Point the cursor at ``last_seq`` (rewind or skip); refused while a writer runs."""
+    with psycopg.connect(_conninfo(database_url), autocommit=True) as conn:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()[0]:
+            raise WriterActive("the service is running (it holds the writer lock); stop it "
+                               "first")
+        try:
+            cur = conn.execute("UPDATE firehose_cursor SET last_seq = %s, updated_at = now()",
+                               (last_seq,))
+            if cur.rowcount != 1:
+                raise WriterActive("there is no cursor yet: start the service once first")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK,))
 
 
 def revoke_token(database_url: str, name: str) -> bool:
