@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def renumbered(frames: list[bytes], count: int, first_seq: int = 1) -> list[byte
         for frame in frames:
             if len(out) == count:
                 break
-            dec = cbor2.CBORDecoder(__import__("io").BytesIO(frame))
+            dec = cbor2.CBORDecoder(io.BytesIO(frame))
             header, body = dec.decode(), dec.decode()
             if header.get("op") != 1 or "seq" not in body:
                 continue

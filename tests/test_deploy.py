@@ -9,9 +9,13 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from skywire_trio.api.prometheus import render_metrics
+from skywire_trio.stats import IngestStats
 
 from .support import ROOT
 
@@ -55,11 +59,8 @@ def test_grafana_dashboard_charts_the_metrics_the_service_exports():
     dashboard = json.loads((DEPLOY / "grafana" / "skywire-trio.json").read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     used = set(re.findall(r"skywire_[a-z_]+", exprs))
-    from skywire_trio.api.prometheus import render_metrics
-    from skywire_trio.stats import IngestStats
-    exported = set(re.findall(r"^# TYPE (skywire_[a-z_]+)",
-                              render_metrics(IngestStats(), __import__("collections").Counter()),
-                              re.M))
+    text = render_metrics(IngestStats(), Counter())
+    exported = set(re.findall(r"^# TYPE (skywire_[a-z_]+)", text, re.M))
     assert used <= exported, used - exported
     for needed in ("skywire_events_committed_total", "skywire_lag_seconds",
                    "skywire_batch_seconds_total", "skywire_buffered_frames",

@@ -1,0 +1,55 @@
+"""The Python example in docs/consumers.md works against a real service."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+from .support import (
+    PDS_CAPTURE,
+    ROOT,
+    query,
+    replay_process,
+    service_env,
+    service_process,
+    wait_for,
+)
+
+
+def test_consumer_example_follows_the_log(database, tmp_path):
+    doc = (ROOT / "docs" / "consumers.md").read_text()
+    example = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    with replay_process(PDS_CAPTURE) as relay:
+        env = service_env(database, relay, tmp_path)
+        with service_process(env, tmp_path / "service.log"):
+            assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
+                            == [(359,)], 30)
+            token = subprocess.run(
+                [sys.executable, "-m", "skywire_trio", "tokens", "create", "my-app",
+                 "--collection", "app.bsky.feed.post"], env=env, cwd=ROOT, check=True,
+                capture_output=True, text=True).stdout.strip()
+            script = tmp_path / "consumer.py"
+            script.write_text(example
+                              .replace('"http://127.0.0.1:4000"', f'"http://127.0.0.1:{env["PORT"]}"')
+                              .replace('"swt_..."', f'"{token}"'))
+            proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path,
+                                    stdout=subprocess.PIPE, text=True)
+            cursor_file = tmp_path / "cursor.txt"
+            last_id = query(database, "SELECT max(id) FROM firehose_events WHERE "
+                                      "collection = 'app.bsky.feed.post' OR event_type IN "
+                                      "('identity', 'account')")[0][0]
+            try:
+                assert wait_for(lambda: cursor_file.exists()
+                                and cursor_file.read_text() == str(last_id), 20)
+                time.sleep(0.5)  # now long-polling at the head
+            finally:
+                proc.terminate()
+                out = proc.communicate(timeout=10)[0]
+    creates = query(database, "SELECT repo FROM firehose_events WHERE "
+                              "collection = 'app.bsky.feed.post' AND action = 'create' "
+                              "ORDER BY id")
+    lines = out.splitlines()
+    assert len(lines) == len(creates) == 260
+    assert [line.split(" ", 1)[0] for line in lines] == [r[0] for r in creates]
