@@ -21,6 +21,7 @@ from datetime import datetime
 import trio
 
 from .config import Settings
+from .errors import describe
 from .firehose.codec import Frame
 from .firehose.reader import UpstreamError, read_upstream
 from .log import db
@@ -48,13 +49,6 @@ class Backoff:
         step = self._next
         self._next = min(self._maximum, self._next * 2)
         return random.uniform(step / 2, step)
-
-
-def describe(exc: BaseException) -> str:
-    """One line for an exception or an exception group (trio nests them)."""
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in exc.exceptions)
-    return f"{type(exc).__name__}: {exc}"
 
 
 async def run_ingest_once(settings: Settings, store: db.LogStore, stats: IngestStats,

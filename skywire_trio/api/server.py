@@ -10,7 +10,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from ..config import Settings
-from ..ingest import describe
+from ..errors import describe
 from ..log import db
 from ..stats import IngestStats
 from .app import ApiState, CommitSignal, create_app

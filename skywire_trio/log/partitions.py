@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import trio
 
 from ..config import Settings
+from ..errors import describe
 from ..stats import IngestStats
 from . import db
 
@@ -76,8 +77,6 @@ async def manage_partitions(settings: Settings, clock: Callable[[], datetime],
     and retried at the next tick: rows still land safely meanwhile (in the default
     partition at worst), so this task must never take the service down.
     """
-    from ..ingest import describe  # one formatter for exception groups
-
     first = True
     while True:
         try:
