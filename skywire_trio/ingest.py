@@ -34,7 +34,7 @@ OpenStore = Callable[[str], AbstractAsyncContextManager[db.LogStore]]
 
 
 class Backoff:
-    """Exponential backoff with full jitter: min doubling to max, reset by ``reset()``."""
+    """Exponential backoff with jitter: min doubling to max, reset by ``reset()``."""
 
     def __init__(self, minimum: float, maximum: float) -> None:
         self._minimum, self._maximum = minimum, maximum
