@@ -14,7 +14,9 @@ frames with fresh contiguous seqs (``tests.support.renumbered``):
    record in ``car.blocks``; and, as a second figure, the same plus
    ``models.get_or_create(record, strict=False)`` (the SDK's typed record models, as in its
    firehose examples). Decode only, no storage.
-3. End to end: a fresh migrated database, ``python -m skywire_trio replay`` serving the
+3. The harness's ceiling: the replay server feeding a trio-websocket client (the service's
+   settings) that only receives -- no decode, no database. End to end cannot beat this.
+4. End to end: a fresh migrated database, ``python -m skywire_trio replay`` serving the
    recording, and ``python -m skywire_trio`` (the service, a real process) ingesting it; timed
    from the service's start until ``firehose_cursor.last_seq`` reaches the last seq. The
    cursor is polled every 20 ms, which also gives the time of the first commit (startup:
@@ -91,6 +93,32 @@ def timed(run: Callable[..., T], *args: object) -> tuple[float, T]:
     return time.perf_counter() - started, result
 
 
+class LoadMeter:
+    """CPU that *other* processes used while a phase ran, in cores (0.0 on a quiet machine).
+
+    Everything busy on the machine minus this process (and any pids given to ``stop``).
+    """
+
+    def __init__(self) -> None:
+        self._busy, _ = machine_busy_jiffies()
+        self._own = time.process_time()
+        self._wall = time.perf_counter()
+
+    def stop(self, accounted_cpu: float = 0.0) -> float:
+        """Other processes' cores, averaged over the phase; ``accounted_cpu`` is ours too."""
+        busy, _ = machine_busy_jiffies()
+        wall = max(1e-9, time.perf_counter() - self._wall)
+        own = time.process_time() - self._own + accounted_cpu
+        return max(0.0, (busy - self._busy) / CLK_TCK - own) / wall
+
+
+def timed_with_load(run: Callable[..., T], *args: object) -> tuple[float, T, float]:
+    """Like ``timed``, plus the cores other processes used meanwhile."""
+    meter = LoadMeter()
+    seconds, result = timed(run, *args)
+    return seconds, result, meter.stop()
+
+
 def proc_status(pid: int, key: str) -> int | None:
     """A ``kB`` field of /proc/PID/status (VmHWM, VmRSS), in kB."""
     try:
@@ -117,6 +145,25 @@ def machine_busy_jiffies() -> tuple[int, int]:
     idle = values[3] + values[4]  # idle + iowait
     total = sum(values[:8])  # without guest time, already counted in user
     return total - idle, total
+
+
+def machine_busy_over(seconds: float) -> float:
+    """Fraction of all CPUs busy over the next ``seconds`` (a quiet machine is ~0)."""
+    busy0, total0 = machine_busy_jiffies()
+    time.sleep(seconds)
+    busy1, total1 = machine_busy_jiffies()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_until_quiet(limit: float, threshold: float = 0.15) -> str:
+    """Wait up to ``limit`` seconds for the machine to be idle; describes what was seen."""
+    deadline = time.monotonic() + limit
+    busy = machine_busy_over(1.0)
+    while busy > threshold and time.monotonic() < deadline:
+        busy = machine_busy_over(1.0)
+    loadavg = Path("/proc/loadavg").read_text().split()[0]
+    state = "quiet" if busy <= threshold else f"BUSY (waited {limit:.0f}s)"
+    return f"{state}: {busy:.0%} of all cores busy over 1 s, loadavg {loadavg}"
 
 
 def children_matching(word: str) -> list[int]:
@@ -197,6 +244,38 @@ def make_sdk_decoder(with_models: bool) -> Callable[[Sequence[bytes]], int]:
 # --------------------------------------------------------------------------- end to end
 
 
+def websocket_ceiling(recording: Path, frames: int) -> tuple[float, float, float, float]:
+    """Frames/s the replay server delivers to a client that only receives (no decode, no DB).
+
+    The client is trio-websocket with the service's settings, so this is the most the
+    end-to-end figure can reach with this harness. Returns frames/s, the client's and the
+    replay server's CPU seconds, and the cores other processes used meanwhile.
+    """
+    import trio
+    from trio_websocket import open_websocket_url
+
+    from skywire_trio.firehose.reader import WEBSOCKET_MAX_MESSAGE
+
+    async def receive_all(url: str) -> float:
+        async with open_websocket_url(url, max_message_size=WEBSOCKET_MAX_MESSAGE) as ws:
+            started = time.perf_counter()
+            for _ in range(frames):
+                await ws.get_message()
+            seconds = time.perf_counter() - started
+            await ws._stream.aclose()  # the server keeps the connection open
+            return seconds
+
+    with replay_process(recording) as relay_url:
+        pids = children_matching("replay")
+        cpu0 = sum(proc_cpu_seconds(p) or 0.0 for p in pids)
+        meter, client0 = LoadMeter(), time.process_time()
+        seconds = trio.run(receive_all, relay_url + "/xrpc/com.atproto.sync.subscribeRepos")
+        client = time.process_time() - client0
+        cpu = sum(proc_cpu_seconds(p) or 0.0 for p in pids) - cpu0
+        load = meter.stop(cpu)
+    return frames / seconds, client, cpu, load
+
+
 @dataclass
 class EndToEnd:
     """What the end-to-end run observed."""
@@ -206,9 +285,11 @@ class EndToEnd:
     events_at_first_commit: int = 0
     samples: list[tuple[float, int]] = field(default_factory=list)  # (t, last_id)
     peak_rss_kb: int | None = None
-    service_cpu: float | None = None
+    service_cpu: float | None = None  # CPU seconds over the run, per process group
     replay_cpu: float | None = None
-    machine_busy: float | None = None  # fraction of all cores busy during the run
+    postgres_cpu: float | None = None  # the backends serving the benchmark database
+    machine_cpu: float | None = None  # all CPUs, everything running on the machine
+    bench_cpu: float | None = None  # this script (polling the cursor)
     exit_code: int | None = None
     rows: int = 0
     ids_ok: bool = False
@@ -226,17 +307,24 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
     with fresh_database() as url, replay_process(recording) as relay_url:
         replay_pids = children_matching("replay")
         env = service_env(url, relay_url, workdir)
-        busy0, total0 = machine_busy_jiffies()
+        replay_cpu0 = sum(proc_cpu_seconds(p) or 0.0 for p in replay_pids)
+        busy0, _ = machine_busy_jiffies()
+        bench0 = time.process_time()
         started = time.perf_counter()
         service = start_service(env, log_path)
         try:
             with psycopg.connect(url, autocommit=True) as conn:
+                backends: set[int] = set()
                 deadline = started + timeout
                 while time.perf_counter() < deadline:
                     if service.poll() is not None:
                         break
                     row = conn.execute(
                         "SELECT last_seq, last_id FROM firehose_cursor").fetchone()
+                    if len(result.samples) % 25 == 0:
+                        backends.update(pid for (pid,) in conn.execute(
+                            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND pid <> pg_backend_pid()").fetchall())
                     now = time.perf_counter() - started
                     if row is not None and row[1]:
                         result.samples.append((now, row[1]))
@@ -248,12 +336,14 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
                             result.completed = True
                             break
                     time.sleep(POLL_INTERVAL)
-            busy1, total1 = machine_busy_jiffies()
-            result.machine_busy = (busy1 - busy0) / max(1, total1 - total0)
-            result.peak_rss_kb = proc_status(service.pid, "VmHWM")
-            result.service_cpu = proc_cpu_seconds(service.pid)
-            cpus = [c for c in (proc_cpu_seconds(p) for p in replay_pids) if c is not None]
-            result.replay_cpu = sum(cpus) if cpus else None
+                busy1, _ = machine_busy_jiffies()
+                result.bench_cpu = time.process_time() - bench0
+                result.machine_cpu = (busy1 - busy0) / CLK_TCK
+                result.peak_rss_kb = proc_status(service.pid, "VmHWM")
+                result.service_cpu = proc_cpu_seconds(service.pid)
+                result.replay_cpu = sum(proc_cpu_seconds(p) or 0.0
+                                        for p in replay_pids) - replay_cpu0
+                result.postgres_cpu = sum(proc_cpu_seconds(p) or 0.0 for p in backends)
         finally:
             if service.poll() is None:
                 service.send_signal(signal.SIGTERM)
@@ -290,12 +380,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100_000, help="frames in the recording")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds to wait for the service to commit everything")
+    parser.add_argument("--wait-quiet", type=float, default=30.0,
+                        help="seconds to wait for an idle machine before each measurement")
     parser.add_argument("--skip-sdk-models", action="store_true",
                         help="skip the slower SDK variant with typed record models")
     args = parser.parse_args(argv)
 
     now = datetime.datetime.now().astimezone()
     print(f"skywire-trio ingest benchmark, {now:%Y-%m-%d %H:%M %Z}")
+
     print(f"source: {source_state()}")
     print(f"machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
           f"{query('postgresql://postgres@127.0.0.1:5432/postgres', 'SHOW server_version')[0][0]}"
@@ -321,26 +414,37 @@ def main(argv: Sequence[str] | None = None) -> int:
               + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())))
 
         # 2. Decoders, one core each (same core, one after the other).
+        print(f"machine before decoding: {wait_until_quiet(args.wait_quiet)}")
         with pinned_to_one_core() as cpu:
             decode_ours(frames[:2000])  # warm-up
-            ours_s, ours_events = timed(decode_ours, frames)
+            ours_s, ours_events, ours_load = timed_with_load(decode_ours, frames)
             assert ours_events == events, (ours_events, events)
             sdk = make_sdk_decoder(with_models=False)
             sdk(frames[:2000])
-            sdk_s, sdk_ops = timed(sdk, frames)
+            sdk_s, sdk_ops, sdk_load = timed_with_load(sdk, frames)
             models_s: float | None = None
+            models_load = 0.0
             if not args.skip_sdk_models:
                 sdk_models = make_sdk_decoder(with_models=True)
                 sdk_models(frames[:2000])
-                models_s, _ = timed(sdk_models, frames)
+                models_s, _, models_load = timed_with_load(sdk_models, frames)
         ours_fps = len(frames) / ours_s
         sdk_fps = len(frames) / sdk_s
         models_fps = len(frames) / models_s if models_s else None
-        print(f"decoders pinned to CPU {cpu}; SDK saw {sdk_ops:,} ops/events")
+        print(f"decoders pinned to CPU {cpu}; SDK saw {sdk_ops:,} ops/events; other processes "
+              f"used {ours_load:.2f} / {sdk_load:.2f} / {models_load:.2f} cores meanwhile "
+              "(ours / SDK / SDK + models)")
 
-        # 3. End to end.
+        # 3. End to end, after the harness's own ceiling.
         n_frames = len(frames)
         del frames
+        print(f"machine before websocket ceiling: {wait_until_quiet(args.wait_quiet)}")
+        ceiling_fps, ceiling_client_cpu, ceiling_replay_cpu, ceiling_load = websocket_ceiling(
+            recording, n_frames)
+        print(f"replay server -> receive-only trio-websocket client: {ceiling_fps:,.0f} frames/s"
+              f" (CPU seconds: client {ceiling_client_cpu:.1f}, replay server "
+              f"{ceiling_replay_cpu:.1f}; other processes used {ceiling_load:.2f} cores)")
+        print(f"machine before end to end: {wait_until_quiet(args.wait_quiet)}")
         e2e = run_end_to_end(recording, last_seq, events, args.timeout, workdir)
 
     valid = (e2e.completed and e2e.exit_code == 0 and e2e.rows == events and e2e.ids_ok)
@@ -374,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
          f">= {E2E_TARGET_EPS:,} events/s: {verdict(e2e_eps >= E2E_TARGET_EPS)}"),
         ("  after first commit", f"{steady_fps:,.0f} frames/s", f"{steady_eps:,.0f} events/s",
          f"startup to first commit {e2e.first_commit or float('nan'):.2f}s"),
+        ("  harness ceiling", f"{ceiling_fps:,.0f} frames/s",
+         f"{ceiling_fps * events / n_frames:,.0f} events/s",
+         "replay server -> receive-only client"),
         ("service peak RSS (VmHWM)", f"{rss_mb:,.0f} MB", "",
          f"< {RSS_TARGET_MB} MB: {verdict(0 < rss_mb < RSS_TARGET_MB)}"),
         ("ratio e2e / SDK decode", f"{e2e_fps / sdk_fps:.2f}x", "", "frames/s committed / decoded"),
@@ -389,11 +496,20 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(service start -> last seq in the cursor); rows {e2e.rows:,}, ids 1..n gapless: "
           f"{e2e.ids_ok}; service exit code on SIGTERM: {e2e.exit_code}; dead letters: "
           f"{e2e.deadletters}; ingest restarts: {e2e.restarts}")
-    if e2e.service_cpu is not None and e2e.seconds:
-        print(f"CPU during the run: service {e2e.service_cpu:.1f}s "
+    if e2e.service_cpu is not None and e2e.machine_cpu is not None and e2e.seconds:
+        known = (e2e.service_cpu + (e2e.replay_cpu or 0) + (e2e.postgres_cpu or 0)
+                 + (e2e.bench_cpu or 0))
+        other = max(0.0, e2e.machine_cpu - known)
+        cores = os.cpu_count() or 1
+        print(f"CPU seconds over the {e2e.seconds:.1f}s run: service {e2e.service_cpu:.1f} "
               f"({e2e.service_cpu / e2e.seconds:.0%} of one core), replay server "
-              f"{e2e.replay_cpu or float('nan'):.1f}s, whole machine "
-              f"{(e2e.machine_busy or 0):.0%} busy ({os.cpu_count()} cores)")
+              f"{e2e.replay_cpu or 0:.1f}, PostgreSQL backends {e2e.postgres_cpu or 0:.1f}, "
+              f"this script {e2e.bench_cpu or 0:.1f}; whole machine {e2e.machine_cpu:.1f} of "
+              f"{cores * e2e.seconds:.1f} available, of which {other:.1f} by other processes "
+              f"(PostgreSQL WAL writer/checkpointer, anything else running)")
+        if other > 0.15 * cores * e2e.seconds:
+            print("WARNING: the machine was busy with other work during the run; figures are "
+                  "pessimistic")
     print(f"run valid: {valid}")
     return 0 if valid else 1
 

@@ -57,6 +57,7 @@ async def run_ingest_once(settings: Settings, store: db.LogStore, stats: IngestS
     await store.lock_writer()
     cursor = await store.claim_cursor(settings.subscribe_url, settings.reset_cursor)
     stats.last_id, stats.last_seq = cursor.last_id, cursor.last_seq
+    stats.ingest_started = trio.current_time()
     send, receive = trio.open_memory_channel[Frame](settings.buffer_frames)
     upstream_fault: UpstreamError | None = None
     async with trio.open_nursery() as nursery:

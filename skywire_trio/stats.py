@@ -32,5 +32,6 @@ class IngestStats:
     last_id: int = 0
     last_event_time: datetime | None = None
     last_commit_monotonic: float | None = None
+    ingest_started: float | None = None  # trio clock, start of the current ingest run
     default_partition_rows: int = 0  # as of the last partition maintenance pass
     partitions_dropped: int = 0

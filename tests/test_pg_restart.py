@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import socket
@@ -49,9 +50,22 @@ pytestmark = pytest.mark.skipif(
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the ephemeral range.
+
+    The port is released while the database is down; a port from the ephemeral range
+    could meanwhile become the local end of some outgoing connection.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
 
 
 class Cluster:
@@ -111,7 +125,7 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def throwaway_cluster() -> Iterator[Cluster]:
+def throwaway_cluster(keep_log: Path) -> Iterator[Cluster]:
     """initdb + start a private cluster; always stopped and removed afterwards."""
     # A short path under /tmp: the postgres user must traverse it, and the unix socket
     # path (socket dir + ".s.PGSQL.<port>") must stay under ~107 bytes.
@@ -123,9 +137,13 @@ def throwaway_cluster() -> Iterator[Cluster]:
         cluster.start()
         yield cluster
     finally:
-        if cluster.data.exists() and cluster.running():
-            cluster.crash()
-        shutil.rmtree(base, ignore_errors=True)
+        try:
+            if cluster.data.exists() and cluster.running():
+                cluster.crash()
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(cluster.logfile, keep_log)  # for post-mortems
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _migrate(database_url: str) -> None:
@@ -136,6 +154,11 @@ def _migrate(database_url: str) -> None:
 
 
 def test_database_outage_pauses_retries_and_resumes_without_loss(tmp_path):
+    t0 = time.monotonic()
+
+    def phase(name: str) -> None:  # shown by pytest when the test fails
+        print(f"{time.monotonic() - t0:6.2f}s {name}", flush=True)
+
     frames = renumbered(relay_frames(), N)
     recording = tmp_path / "frames.bin"
     write_frames(recording, frames)
@@ -146,10 +169,12 @@ def test_database_outage_pauses_retries_and_resumes_without_loss(tmp_path):
     def log_text() -> str:
         return log.read_text(errors="replace") if log.exists() else ""
 
-    with throwaway_cluster() as cluster:
+    with throwaway_cluster(tmp_path / "postgres.log") as cluster:
+        phase(f"cluster up on port {cluster.port}")
         database = cluster.url("skywire")
         _migrate(database)  # creates the database, then migrates it
         assert query(database, "SELECT count(*) FROM firehose_events") == [(0,)]
+        phase("migrated")
 
         def cursor() -> tuple[int | None, int]:
             rows = query(database, "SELECT last_seq, last_id FROM firehose_cursor")
@@ -163,11 +188,13 @@ def test_database_outage_pauses_retries_and_resumes_without_loss(tmp_path):
                 # Some of the stream committed, most of it still to come.
                 assert wait_for(lambda: (cursor()[0] or 0) >= N // 5, 30), log_text()[-3000:]
                 before_seq, _ = cursor()
+                phase(f"crashing the cluster at seq {before_seq}")
                 assert before_seq < N // 2, "ingest ran too fast for a mid-stream outage"
                 log_mark = len(log_text())
 
                 cluster.crash()
                 down_at = time.monotonic()
+                phase("cluster down")
                 assert not cluster.accepting()
                 # The service notices, keeps running and keeps retrying while it is down.
                 assert wait_for(lambda: "ingest stopped" in log_text()[log_mark:], 15), \
@@ -178,10 +205,12 @@ def test_database_outage_pauses_retries_and_resumes_without_loss(tmp_path):
                 down_for = time.monotonic() - down_at
 
                 cluster.start()
+                phase(f"cluster back after {down_for:.1f}s")
                 # Nothing else is done: the service must find the database again by itself.
                 assert wait_for(lambda: cursor()[0] == N, 45), (
                     f"did not resume; cursor {cursor()}\n{log_text()[-3000:]}")
                 assert proc.poll() is None
+                phase("caught up")
             # service_process has sent SIGTERM and checked exit code 0 here.
 
         # Retries while down were paced by a growing backoff, not a hot loop.

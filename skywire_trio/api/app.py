@@ -114,8 +114,11 @@ def _health_body(state: ApiState, database_ok: bool) -> tuple[dict[str, object],
     disconnected_for = (now - stats.disconnected_since
                         if not stats.upstream_connected and stats.disconnected_since is not None
                         else 0.0)
+    # Work waiting without progress: nothing committed since the later of the last commit
+    # and the start of the current ingest run.
+    progress = max(stats.last_commit_monotonic or 0.0, stats.ingest_started or 0.0)
     stalled = disconnected_for > STALL_SECONDS or (
-        stats.buffered_frames > 0 and (since_commit is None or since_commit > STALL_SECONDS))
+        stats.buffered_frames > 0 and now - progress > STALL_SECONDS)
     healthy = database_ok and not stalled
     body = {
         "status": "ok" if healthy else ("database_unavailable" if not database_ok else "stalled"),
