@@ -54,6 +54,9 @@ class Settings:
     # Key of the HMAC under which API tokens are stored. The default is for development.
     api_token_salt: str = DEV_TOKEN_SALT
     api_pool_size: int = 4
+    # /health answers 503 after the upstream is disconnected, or buffered work sits without
+    # a commit, for this long.
+    stall_seconds: float = 60.0
     # How often the partition manager runs a maintenance pass.
     partition_interval: float = 3600.0
 
@@ -180,6 +183,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         reset_cursor=_bool(env, "SKYWIRE_RESET_CURSOR"),
         api_token_salt=env.get("API_TOKEN_SALT") or Settings.api_token_salt,
         api_pool_size=_int(env, "SKYWIRE_API_POOL_SIZE", 4, 1, 100),
+        stall_seconds=_float(env, "SKYWIRE_STALL_SECONDS", 60.0, 1.0, 86400.0),
         partition_interval=_float(env, "SKYWIRE_PARTITION_INTERVAL", 3600.0, 1.0, 86400.0),
     )
     if settings.backoff_max < settings.backoff_min:

@@ -17,6 +17,7 @@ from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.framefile import write_frames
 
 from .support import (
+    ADMIN_URL,
     PDS_CAPTURE,
     ROOT,
     free_port,
@@ -41,7 +42,7 @@ BAD_VALUES = [
     ("SKYWIRE_READ_TIMEOUT", "x"), ("SKYWIRE_BACKOFF_MIN", "0"), ("SKYWIRE_BACKOFF_MAX", "9999"),
     ("SKYWIRE_HEALTHY_AFTER", "0"), ("SKYWIRE_RESET_CURSOR", "maybe"),
     ("SKYWIRE_ENV", "staging"), ("SKYWIRE_API_POOL_SIZE", "0"),
-    ("SKYWIRE_PARTITION_INTERVAL", "0"),
+    ("SKYWIRE_PARTITION_INTERVAL", "0"), ("SKYWIRE_STALL_SECONDS", "0"),
 ]
 
 
@@ -163,6 +164,35 @@ def test_embedded_database_zero_setup(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "skywire_trio", "cursor", "show"], env=env,
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert json.loads(shown)["last_id"] == 473
+
+
+def test_health_is_503_when_stalled_or_when_the_database_is_gone(database, tmp_path):
+    with replay_process(PDS_CAPTURE) as relay:
+        env = service_env(database, relay, tmp_path, SKYWIRE_STALL_SECONDS="1")
+        base = f"http://127.0.0.1:{env['PORT']}"
+        with service_process(env, tmp_path / "service.log"):
+            assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
+                            == [(359,)], 30)
+            assert httpx.get(f"{base}/health").status_code == 200
+    # The relay is gone (its process ended) for longer than the stall bound: 503 "stalled".
+    env = service_env(database, relay, tmp_path, SKYWIRE_STALL_SECONDS="1")
+    base = f"http://127.0.0.1:{env['PORT']}"
+    with service_process(env, tmp_path / "service2.log"):
+        def health() -> httpx.Response | None:
+            try:
+                return httpx.get(f"{base}/health")
+            except httpx.HTTPError:
+                return None
+
+        assert wait_for(lambda: (r := health()) is not None and r.status_code == 503, 30)
+        body = health().json()
+        assert body["status"] == "stalled" and body["upstream_connected"] is False
+        # The database disappears under the running service: 503, and no crash.
+        query(ADMIN_URL, f'DROP DATABASE "{database.rsplit("/", 1)[1]}" WITH (FORCE)')
+        assert wait_for(lambda: (r := health()) is not None and
+                        r.json()["database"] == "unreachable", 30)
+        gone = health()
+        assert gone.status_code == 503 and gone.json()["status"] == "database_unavailable"
 
 
 def test_cursor_set_is_refused_while_running_and_works_when_stopped(database, tmp_path):

@@ -27,7 +27,6 @@ from .prometheus import render_metrics
 
 # Database failures the API answers with 503 instead of an error page.
 DB_ERRORS = (OSError, PostgresError, InterfaceError, trio.TooSlowError, TimeoutError)
-STALL_SECONDS = 60.0  # disconnected, or holding buffered work without a commit, this long
 # last_used_at is written at most this often per token: a write per request is not worth it.
 TOUCH_INTERVAL = 60.0
 
@@ -61,6 +60,7 @@ class ApiState:
     stats: IngestStats
     commits: CommitSignal
     salt: str
+    stall_seconds: float = 60.0  # disconnected, or buffered work without a commit, this long
     limiter: auth.RateLimiter = dataclasses.field(default_factory=auth.RateLimiter)
     responses: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
     touched: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -117,8 +117,8 @@ def _health_body(state: ApiState, database_ok: bool) -> tuple[dict[str, object],
     # Work waiting without progress: nothing committed since the later of the last commit
     # and the start of the current ingest run.
     progress = max(stats.last_commit_monotonic or 0.0, stats.ingest_started or 0.0)
-    stalled = disconnected_for > STALL_SECONDS or (
-        stats.buffered_frames > 0 and now - progress > STALL_SECONDS)
+    stalled = disconnected_for > state.stall_seconds or (
+        stats.buffered_frames > 0 and now - progress > state.stall_seconds)
     healthy = database_ok and not stalled
     body = {
         "status": "ok" if healthy else ("database_unavailable" if not database_ok else "stalled"),

@@ -41,7 +41,8 @@ async def serve_api(settings: Settings, stats: IngestStats, *,
     store_cm = db.open_read_store(settings.database_url, settings.api_pool_size)
     async with store_cm as store, trio.open_nursery() as nursery:
         nursery.start_soon(_relay_commits, settings, commits)
-        app = create_app(ApiState(store, stats, commits, settings.api_token_salt))
+        app = create_app(ApiState(store, stats, commits, settings.api_token_salt,
+                                  settings.stall_seconds))
         binds = await nursery.start(partial(serve, app, config,
                                             shutdown_trigger=trio.sleep_forever))
         log.info("API listening on %s", binds[0])
