@@ -18,7 +18,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..log.db import ReadStore, Token
+from ..log.db import ReadSession, ReadStore, Token
 from ..stats import IngestStats
 from . import auth, params
 from .errors import ApiError
@@ -66,42 +66,45 @@ class ApiState:
     touched: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-async def _authenticate(state: ApiState) -> Token:
+async def _authenticate(state: ApiState, session: ReadSession) -> Token:
     presented = auth.bearer_token(request.headers.get("Authorization"))
     digest = auth.token_hash(state.salt, presented)
-    token = auth.check_token(await state.store.token(digest), digest)
+    token = auth.check_token(await session.token(digest), digest)
     state.limiter.check(token.name, token.rate_limit)
     now = trio.current_time()
     if now - state.touched.get(token.name, -TOUCH_INTERVAL) >= TOUCH_INTERVAL:
         state.touched[token.name] = now
-        await state.store.touch_token(token.name)
+        await session.touch_token(token.name)
     return token
 
 
 async def _events(state: ApiState) -> Response:
-    token = await _authenticate(state)
-    parsed = params.parse_events(request.args.to_dict(flat=False))
-    event_filter, collections = auth.narrow(parsed.filter, parsed.collections, token)
-    exact, prefixes = params.split_collections(collections)
-    event_filter = dataclasses.replace(event_filter, collections=exact, prefixes=prefixes)
-    rows = await state.store.events(event_filter)
-    if not rows and parsed.wait > 0:
-        # Long-poll: woken by each committed batch (LISTEN/NOTIFY), re-checked every few
-        # seconds in case a notification was missed while the listener reconnected.
+    async with state.store.session() as session:
+        token = await _authenticate(state, session)
+        parsed = params.parse_events(request.args.to_dict(flat=False))
+        event_filter, collections = auth.narrow(parsed.filter, parsed.collections, token)
+        exact, prefixes = params.split_collections(collections)
+        event_filter = dataclasses.replace(event_filter, collections=exact, prefixes=prefixes)
+        page = await session.events(event_filter)
+        skipped = b""
+        if page.first_id != event_filter.since + 1:
+            # Ids are gapless, so anything between `since` and the oldest retained id was
+            # dropped by retention: say so, with the count, so the consumer knows.
+            oldest = await session.oldest_id()
+            if oldest is not None and oldest > event_filter.since + 1:
+                skipped = b',"skipped":%d' % (oldest - event_filter.since - 1)
+    if not page.count and parsed.wait > 0:
+        # Long-poll without holding a connection: woken by each committed batch
+        # (LISTEN/NOTIFY), re-checked every few seconds in case a notification was missed
+        # while the listener reconnected.
         with trio.move_on_after(parsed.wait):
-            while not rows:
+            while not page.count:
                 with trio.move_on_after(5.0):
                     await state.commits.wait()
-                rows = await state.store.events(event_filter)
-    cursor = rows[-1][0] if rows else event_filter.since
-    skipped = ""
-    if not rows or rows[0][0] != event_filter.since + 1:
-        # Ids are gapless, so anything between `since` and the oldest retained id was
-        # dropped by retention: say so, with the count, so the consumer knows.
-        oldest = await state.store.oldest_id()
-        if oldest is not None and oldest > event_filter.since + 1:
-            skipped = f',"skipped":{oldest - event_filter.since - 1}'
-    body = '{"events":[' + ",".join(text for _, text in rows) + f'],"cursor":{cursor}{skipped}}}'
+                async with state.store.session() as session:
+                    page = await session.events(event_filter)
+    cursor = page.last_id if page.count else event_filter.since
+    body = b'{"events":[%s],"cursor":%d%s}' % (page.json, cursor, skipped)
     return Response(body, content_type="application/json")
 
 
@@ -149,8 +152,9 @@ def create_app(state: ApiState) -> QuartTrio:
     async def health() -> Response:
         try:
             with trio.fail_after(2):
-                cursor = await state.store.cursor()
-                state.stats.default_partition_rows = await state.store.default_rows()
+                async with state.store.session() as session:
+                    cursor = await session.cursor()
+                    state.stats.default_partition_rows = await session.default_rows()
             database_ok = True
             if cursor is not None and state.stats.last_id == 0:
                 state.stats.last_id, state.stats.last_seq = cursor.last_id, cursor.last_seq
@@ -161,8 +165,9 @@ def create_app(state: ApiState) -> QuartTrio:
 
     @app.route("/partitions")
     async def partitions() -> Response:
-        await _authenticate(state)
-        listing = await state.store.partitions()
+        async with state.store.session() as session:
+            await _authenticate(state, session)
+            listing = await session.partitions()
         return _json({"partitions": [p.as_json(datetime.now(UTC)) for p in listing]})
 
     @app.route("/metrics")
