@@ -45,8 +45,8 @@ OUTAGE = 2.0  # seconds the database stays down
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 1.0
 
 pytestmark = pytest.mark.skipif(
-    not (PG_BIN / "pg_ctl").exists() or shutil.which("runuser") is None,
-    reason="needs PostgreSQL 15 server binaries and runuser")
+    not (PG_BIN / "pg_ctl").exists() or shutil.which("runuser") is None or os.geteuid() != 0,
+    reason="needs PostgreSQL 15 server binaries, and root to run them as the postgres user")
 
 
 def _free_port() -> int:
