@@ -130,11 +130,6 @@ class LogStore:
             return Cursor(upstream, None, row["last_id"])
         return Cursor(upstream, row["last_seq"], row["last_id"])
 
-    async def read_cursor(self) -> Cursor | None:
-        """The committed cursor, or None before the first start."""
-        row = await self._conn.fetchrow("SELECT upstream, last_seq, last_id FROM firehose_cursor")
-        return None if row is None else Cursor(row["upstream"], row["last_seq"], row["last_id"])
-
     async def append(self, rows: Sequence[Row], last_seq: int | None, last_id: int,
                      indexed_at: datetime) -> int:
         """Append ``rows`` after log id ``last_id`` and move the cursor, in one transaction.
