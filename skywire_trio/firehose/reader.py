@@ -9,6 +9,7 @@ ingestion down and restarts it from the committed cursor).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 # Headroom over the spec's 5 MB frame cap: a larger frame still reaches the decoder, which
 # rejects it into the dead-letter directory instead of the connection failing on it forever.
 WEBSOCKET_MAX_MESSAGE = 16 * 1024 * 1024
+# trio-websocket reads 4 KiB at a time by default, less than one average frame (5.4 KB);
+# 256 KiB reads and a queue of parsed messages cut the client's CPU per frame from ~129 to
+# ~77 us here (measured with a receive-only client against the replay server).
+RECEIVE_BUFFER = 256 * 1024
+MESSAGE_QUEUE = 64
 
 
 class UpstreamError(Exception):
@@ -79,17 +85,20 @@ async def read_upstream(settings: Settings, cursor: int | None,
     last_seq = cursor
     try:
         async with open_websocket_url(url, max_message_size=WEBSOCKET_MAX_MESSAGE,
+                                      receive_buffer_size=RECEIVE_BUFFER,
+                                      message_queue_size=MESSAGE_QUEUE,
                                       connect_timeout=10, disconnect_timeout=2) as ws:
             stats.upstream_connected, stats.disconnected_since = True, None
             log.info("connected to %s", url)
             try:
-                while True:
-                    message = None
-                    with trio.move_on_after(settings.read_timeout):
+                # One cancel scope whose deadline moves, rather than a new one per message.
+                with trio.CancelScope() as silence:
+                    while True:
+                        silence.deadline = trio.current_time() + settings.read_timeout
                         message = await ws.get_message()
-                    if message is None:
-                        raise UpstreamError(f"no data for {settings.read_timeout:g}s")
-                    last_seq = await _accept(message, last_seq, send, settings, stats)
+                        silence.deadline = math.inf  # a full buffer is not silence
+                        last_seq = await _accept(message, last_seq, send, settings, stats)
+                raise UpstreamError(f"no data for {settings.read_timeout:g}s")
             finally:
                 stats.upstream_connected = False
                 stats.disconnected_since = trio.current_time()
@@ -125,5 +134,4 @@ async def _accept(message: bytes | str, last_seq: int | None,
             return last_seq
         last_seq = frame.seq
     await _push(send, frame, settings.overflow_grace, stats)
-    stats.buffered_frames = send.statistics().current_buffer_used
     return last_seq

@@ -54,6 +54,7 @@ async def run_batcher(receive: trio.MemoryReceiveChannel[Frame], store: LogStore
                 first = await receive.receive()
             except trio.EndOfChannel:
                 return
+            stats.buffered_frames = receive.statistics().current_buffer_used + 1
             frames, ended = await _collect(first, receive, settings)
             rows: list[Row] = [row for frame in frames for row in frame.rows]
             seqs = [frame.seq for frame in frames if frame.seq is not None]
