@@ -24,6 +24,12 @@ frames with fresh contiguous seqs (``tests.support.renumbered``):
    RSS is the service's ``VmHWM`` read just before it is stopped with SIGTERM (it must exit
    0). The log is then checked: one row per expected event, ids 1..count without a gap.
 
+The machine is shared, so each phase first waits (``--wait-quiet``, default 30 s) for the
+CPUs to be idle, and every phase reports how many cores *other* processes used while it
+ran; the end-to-end line splits CPU seconds between the service, the replay server, the
+PostgreSQL backends of the benchmark database and everything else. A run with other load
+prints a warning: its figures are pessimistic.
+
 Targets (reported, not enforced): decode >= 20,000 frames/s on one core; end to end >= 15,000
 events/s committed; service RSS < 200 MB. The exit status is 0 when the run is *valid*
 (every event committed and verified), whether or not the targets are met.
@@ -254,10 +260,18 @@ def websocket_ceiling(recording: Path, frames: int) -> tuple[float, float, float
     import trio
     from trio_websocket import open_websocket_url
 
-    from skywire_trio.firehose.reader import WEBSOCKET_MAX_MESSAGE
+    from skywire_trio.firehose import reader
+
+    # The reader's own websocket options, whichever of them this version of it sets.
+    options: dict[str, int] = {"max_message_size": reader.WEBSOCKET_MAX_MESSAGE}
+    for option, constant in (("receive_buffer_size", "RECEIVE_BUFFER"),
+                             ("message_queue_size", "MESSAGE_QUEUE")):
+        if isinstance(getattr(reader, constant, None), int):
+            options[option] = getattr(reader, constant)
+    print("receive-only client options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
 
     async def receive_all(url: str) -> float:
-        async with open_websocket_url(url, max_message_size=WEBSOCKET_MAX_MESSAGE) as ws:
+        async with open_websocket_url(url, **options) as ws:
             started = time.perf_counter()
             for _ in range(frames):
                 await ws.get_message()
