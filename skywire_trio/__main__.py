@@ -164,10 +164,16 @@ def _run(settings: config.Settings) -> int:
     from .service import run_until_signal
 
     _migrate(settings)
+    refused: list[BaseException] = []
     try:
         trio.run(run_until_signal, settings)
-    except db.CursorMismatch as exc:
-        log.error("%s", exc)
+    except* db.CursorMismatch as group:  # configuration, not a fault: say it plainly
+        refused.extend(group.exceptions)
+    if refused:
+        reason = refused[0]
+        while isinstance(reason, BaseExceptionGroup):  # nurseries nest the groups
+            reason = reason.exceptions[0]
+        log.error("%s", reason)
         return 2
     return 0
 

@@ -195,6 +195,20 @@ def test_health_is_503_when_stalled_or_when_the_database_is_gone(database, tmp_p
         assert gone.status_code == 503 and gone.json()["status"] == "database_unavailable"
 
 
+def test_a_cursor_of_another_upstream_refuses_to_start(database, tmp_path):
+    with replay_process(PDS_CAPTURE) as relay:
+        env = service_env(database, relay, tmp_path)
+        with service_process(env, tmp_path / "service.log"):
+            assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
+                            == [(359,)], 30)
+    other = service_env(database, "ws://127.0.0.1:9/elsewhere", tmp_path)
+    result = subprocess.run([sys.executable, "-m", "skywire_trio"], env=other, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "belongs to" in result.stderr and "SKYWIRE_RESET_CURSOR" in result.stderr
+    assert query(database, "SELECT last_seq FROM firehose_cursor") == [(359,)]
+
+
 def test_cursor_set_is_refused_while_running_and_works_when_stopped(database, tmp_path):
     with replay_process(PDS_CAPTURE) as relay:
         env = service_env(database, relay, tmp_path)

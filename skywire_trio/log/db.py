@@ -119,7 +119,7 @@ class LogStore:
             "INSERT INTO firehose_cursor (upstream) VALUES ($1) ON CONFLICT DO NOTHING", upstream)
         row = await self._conn.fetchrow("SELECT upstream, last_seq, last_id FROM firehose_cursor")
         if row["upstream"] != upstream:
-            if not reset:
+            if not reset and row["last_seq"] is not None:
                 raise CursorMismatch(
                     f"the stored cursor (seq {row['last_seq']}) belongs to {row['upstream']}, "
                     f"not {upstream}; set SKYWIRE_RESET_CURSOR=true to start over on the new "
