@@ -102,7 +102,9 @@ async def read_upstream(settings: Settings, cursor: int | None,
     except ConnectionClosed as exc:
         raise UpstreamError(f"upstream closed the connection: {exc.reason}") from None
     except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
-        raise UpstreamError(f"cannot reach {url}: {exc!r}") from None
+        # trio-websocket's HandshakeError carries no text; the reason is its context.
+        reason = exc if str(exc) else (exc.__context__ or exc)
+        raise UpstreamError(f"cannot reach {url}: {reason!r}") from None
 
 
 async def _read_frames(ws: WebSocketConnection, last_seq: int | None,
