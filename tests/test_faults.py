@@ -10,6 +10,7 @@ import trio
 
 from skywire_trio.config import Settings
 from skywire_trio.firehose.codec import decode_frame
+from skywire_trio.firehose.replay import serve_replay
 from skywire_trio.log import db
 from skywire_trio.service import serve
 
@@ -129,4 +130,18 @@ async def test_overflow_restarts_from_committed_cursor(database, tmp_path):
     resumed = server.cursors[1:]
     assert resumed and all(c is not None and c > 0 for c in resumed)
     assert resumed == sorted(resumed)
+    assert _stored(database) == _expected(frames)
+
+
+async def test_short_read_timeout_is_not_tripped_by_steady_traffic(database, tmp_path):
+    frames = renumbered(relay_frames(), 150)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_replay, frames, "127.0.0.1", 0, 100.0)  # 1.5 s
+        settings = _settings(database, port, tmp_path, read_timeout=0.2)
+        running = await nursery.start(serve, settings)
+        await wait_until(_complete(database, 150), 30)
+        assert running.stats.upstream_errors == 0  # 10 ms gaps are not silence
+        # Then the replay goes quiet (it stays open): that is silence.
+        await wait_until(lambda: running.stats.upstream_errors >= 1, 5)
+        nursery.cancel_scope.cancel()
     assert _stored(database) == _expected(frames)
