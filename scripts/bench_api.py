@@ -70,9 +70,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
+from benchlib import machine_busy_seconds, proc_cpu_seconds, wait_until_quiet  # noqa: E402
 
 from skywire_trio.firehose.framefile import write_frames  # noqa: E402
 from tests.support import (  # noqa: E402
@@ -92,26 +94,9 @@ WALK_LIMIT = 1000
 LATENCY_LIMIT = 100
 WARMUP_REQUESTS = 50
 POLL_INTERVAL = 0.1
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """Busy CPU seconds over all CPUs since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    busy = sum(values[:8]) - values[3] - values[4]  # minus idle and iowait
-    return busy / CLK_TCK
 
 
 def all_processes_cpu() -> dict[int, tuple[str, float]]:
@@ -127,21 +112,6 @@ def all_processes_cpu() -> dict[int, tuple[str, float]]:
             continue
         found[int(entry.name)] = (cmdline.strip()[:70] or "[kernel thread]", seconds)
     return found
-
-
-def wait_until_quiet(limit: float, threshold: float = 0.15) -> str:
-    """Wait up to ``limit`` seconds for the machine to be idle; describes what was seen."""
-    deadline = time.monotonic() + limit
-    cores = os.cpu_count() or 1
-    while True:
-        m0 = machine_busy_seconds()
-        time.sleep(1.0)
-        busy = (machine_busy_seconds() - m0) / cores
-        if busy <= threshold or time.monotonic() >= deadline:
-            break
-    loadavg = Path("/proc/loadavg").read_text().split()[0]
-    state = "quiet" if busy <= threshold else f"BUSY after waiting {limit:.0f}s"
-    return f"{state}: {busy:.0%} of all cores busy over 1 s, loadavg {loadavg}"
 
 
 @contextlib.contextmanager

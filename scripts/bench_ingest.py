@@ -54,8 +54,10 @@ from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import psycopg  # noqa: E402
+from benchlib import machine_busy_seconds, proc_cpu_seconds, wait_until_quiet  # noqa: E402
 
 from skywire_trio.firehose.codec import decode_frame  # noqa: E402
 from skywire_trio.firehose.framefile import write_frames  # noqa: E402
@@ -73,7 +75,6 @@ DECODE_TARGET_FPS = 20_000
 E2E_TARGET_EPS = 15_000
 RSS_TARGET_MB = 200
 POLL_INTERVAL = 0.02
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 
 
@@ -106,16 +107,16 @@ class LoadMeter:
     """
 
     def __init__(self) -> None:
-        self._busy, _ = machine_busy_jiffies()
+        self._busy = machine_busy_seconds()
         self._own = time.process_time()
         self._wall = time.perf_counter()
 
     def stop(self, accounted_cpu: float = 0.0) -> float:
         """Other processes' cores, averaged over the phase; ``accounted_cpu`` is ours too."""
-        busy, _ = machine_busy_jiffies()
+        busy = machine_busy_seconds()
         wall = max(1e-9, time.perf_counter() - self._wall)
         own = time.process_time() - self._own + accounted_cpu
-        return max(0.0, (busy - self._busy) / CLK_TCK - own) / wall
+        return max(0.0, busy - self._busy - own) / wall
 
 
 def timed_with_load(run: Callable[..., T], *args: object) -> tuple[float, T, float]:
@@ -134,42 +135,6 @@ def proc_status(pid: int, key: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds used so far by process ``pid``."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # without guest time, already counted in user
-    return total - idle, total
-
-
-def machine_busy_over(seconds: float) -> float:
-    """Fraction of all CPUs busy over the next ``seconds`` (a quiet machine is ~0)."""
-    busy0, total0 = machine_busy_jiffies()
-    time.sleep(seconds)
-    busy1, total1 = machine_busy_jiffies()
-    return (busy1 - busy0) / max(1, total1 - total0)
-
-
-def wait_until_quiet(limit: float, threshold: float = 0.15) -> str:
-    """Wait up to ``limit`` seconds for the machine to be idle; describes what was seen."""
-    deadline = time.monotonic() + limit
-    busy = machine_busy_over(1.0)
-    while busy > threshold and time.monotonic() < deadline:
-        busy = machine_busy_over(1.0)
-    loadavg = Path("/proc/loadavg").read_text().split()[0]
-    state = "quiet" if busy <= threshold else f"BUSY (waited {limit:.0f}s)"
-    return f"{state}: {busy:.0%} of all cores busy over 1 s, loadavg {loadavg}"
 
 
 def children_matching(word: str) -> list[int]:
@@ -281,11 +246,11 @@ def websocket_ceiling(recording: Path, frames: int) -> tuple[float, float, float
 
     with replay_process(recording) as relay_url:
         pids = children_matching("replay")
-        cpu0 = sum(proc_cpu_seconds(p) or 0.0 for p in pids)
+        cpu0 = sum(proc_cpu_seconds(p) for p in pids)
         meter, client0 = LoadMeter(), time.process_time()
         seconds = trio.run(receive_all, relay_url + "/xrpc/com.atproto.sync.subscribeRepos")
         client = time.process_time() - client0
-        cpu = sum(proc_cpu_seconds(p) or 0.0 for p in pids) - cpu0
+        cpu = sum(proc_cpu_seconds(p) for p in pids) - cpu0
         load = meter.stop(cpu)
     return frames / seconds, client, cpu, load
 
@@ -321,8 +286,8 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
     with fresh_database() as url, replay_process(recording) as relay_url:
         replay_pids = children_matching("replay")
         env = service_env(url, relay_url, workdir)
-        replay_cpu0 = sum(proc_cpu_seconds(p) or 0.0 for p in replay_pids)
-        busy0, _ = machine_busy_jiffies()
+        replay_cpu0 = sum(proc_cpu_seconds(p) for p in replay_pids)
+        busy0 = machine_busy_seconds()
         bench0 = time.process_time()
         started = time.perf_counter()
         service = start_service(env, log_path)
@@ -350,14 +315,14 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
                             result.completed = True
                             break
                     time.sleep(POLL_INTERVAL)
-                busy1, _ = machine_busy_jiffies()
+                busy1 = machine_busy_seconds()
                 result.bench_cpu = time.process_time() - bench0
-                result.machine_cpu = (busy1 - busy0) / CLK_TCK
+                result.machine_cpu = busy1 - busy0
                 result.peak_rss_kb = proc_status(service.pid, "VmHWM")
                 result.service_cpu = proc_cpu_seconds(service.pid)
-                result.replay_cpu = sum(proc_cpu_seconds(p) or 0.0
+                result.replay_cpu = sum(proc_cpu_seconds(p)
                                         for p in replay_pids) - replay_cpu0
-                result.postgres_cpu = sum(proc_cpu_seconds(p) or 0.0 for p in backends)
+                result.postgres_cpu = sum(proc_cpu_seconds(p) for p in backends)
         finally:
             if service.poll() is None:
                 service.send_signal(signal.SIGTERM)
