@@ -81,6 +81,16 @@ def test_production_refuses_default_secrets(tmp_path):
     assert "postgresql://u:********@127.0.0.1/x" in result.stdout
 
 
+def test_production_logs_are_json_lines(database, tmp_path):
+    env = _clean_env(DATABASE_URL=database, SKYWIRE_ENV="production",
+                     API_TOKEN_SALT="p" * 40)
+    result = subprocess.run([sys.executable, "-m", "skywire_trio", "migrate"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert lines and all({"time", "level", "logger", "message"} <= set(x) for x in lines)
+
+
 def test_sigterm_under_heavy_ingest_exits_cleanly_and_loses_nothing(database, tmp_path):
     frames = renumbered(relay_frames(), 20000)
     recording = tmp_path / "frames.bin"
@@ -193,6 +203,9 @@ def test_health_is_503_when_stalled_or_when_the_database_is_gone(database, tmp_p
                         r.json()["database"] == "unreachable", 30)
         gone = health()
         assert gone.status_code == 503 and gone.json()["status"] == "database_unavailable"
+        events = httpx.get(f"{base}/events", headers={"Authorization": "Bearer swt_" + "a" * 43})
+        assert events.status_code == 503
+        assert events.json()["error"] == "database_unavailable" and "Retry-After" in events.headers
 
 
 def test_a_cursor_of_another_upstream_refuses_to_start(database, tmp_path):
