@@ -15,6 +15,7 @@ from pathlib import Path
 import cbor2
 import psycopg
 
+from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.framefile import read_frames
 from skywire_trio.log import db
 
@@ -131,6 +132,16 @@ def wait_for(predicate: callable, timeout: float, interval: float = 0.05) -> boo
             return True
         time.sleep(interval)
     return predicate()
+
+
+def expected_rows(frames: list[bytes]) -> list[tuple]:
+    """(seq, collection, rkey, cid) of every row the frames should yield, in order."""
+    return [(r.seq, r.collection, r.rkey, r.cid) for f in frames for r in decode_frame(f).rows]
+
+
+def stored_rows(url: str) -> list[tuple]:
+    """(seq, collection, rkey, cid) of every row in the log, in log order."""
+    return query(url, "SELECT seq, collection, rkey, cid FROM firehose_events ORDER BY id")
 
 
 def event_count(url: str) -> int:

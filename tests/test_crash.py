@@ -6,10 +6,10 @@ import random
 import signal
 import time
 
-from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.framefile import write_frames
 
 from .support import (
+    expected_rows,
     query,
     relay_frames,
     renumbered,
@@ -17,6 +17,7 @@ from .support import (
     service_env,
     service_process,
     start_service,
+    stored_rows,
     wait_for,
 )
 
@@ -27,7 +28,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(database, tmp_pa
     frames = renumbered(relay_frames(), N)
     recording = tmp_path / "frames.bin"
     write_frames(recording, frames)
-    expected = [(r.seq, r.collection, r.rkey, r.cid) for f in frames for r in decode_frame(f).rows]
+    expected = expected_rows(frames)
     rng = random.Random(20261123)
     log = tmp_path / "service.log"
     # Rate-limited so that the kills land mid-stream (~3 s of ingest in all).
@@ -55,7 +56,6 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(database, tmp_pa
     assert kills >= 3
     # Kills landed while ingesting: committed progress differs between kills.
     assert len(set(progress)) == len(progress), progress
-    stored = query(database, "SELECT seq, collection, rkey, cid FROM firehose_events ORDER BY id")
-    assert stored == expected  # every event, once, in order
+    assert stored_rows(database) == expected  # every event, once, in order
     ids = [i for (i,) in query(database, "SELECT id FROM firehose_events ORDER BY id")]
     assert ids == list(range(1, len(expected) + 1))

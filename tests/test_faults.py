@@ -9,23 +9,14 @@ from contextlib import asynccontextmanager
 import trio
 
 from skywire_trio.config import Settings
-from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.replay import serve_replay
 from skywire_trio.log import db
 from skywire_trio.service import serve
 
 from .faults import Fault, ScriptedServer, wait_until
-from .support import query, relay_frames, renumbered
+from .support import expected_rows, query, relay_frames, renumbered, stored_rows
 
 N = 400
-
-
-def _expected(frames: list[bytes]) -> list[tuple]:
-    return [(r.seq, r.collection, r.rkey, r.cid) for f in frames for r in decode_frame(f).rows]
-
-
-def _stored(url: str) -> list[tuple]:
-    return query(url, "SELECT seq, collection, rkey, cid FROM firehose_events ORDER BY id")
 
 
 def _settings(url: str, port: int, tmp_path, **overrides: object) -> Settings:
@@ -58,7 +49,7 @@ async def test_upstream_faults_lose_nothing(database, tmp_path):
         Fault(50, "drop"), Fault(30, "silent"), Fault(30, "error", "ConsumerTooSlow"),
         Fault(20, "error", "InternalError"), Fault(40, "garbage")])
     stats = await _run(server, lambda port: _settings(database, port, tmp_path), database, N)
-    assert _stored(database) == _expected(frames)
+    assert stored_rows(database) == expected_rows(frames)
     ids = [i for (i,) in query(database, "SELECT id FROM firehose_events ORDER BY id")]
     assert ids == list(range(1, len(ids) + 1))
     # Reconnects resumed after what was committed (a fresh log has no cursor until its
@@ -87,11 +78,11 @@ async def test_future_cursor_waits_for_upstream(database, tmp_path):
         await nursery.start(serve, settings)
         await wait_until(lambda: len(server.cursors) >= 3, 10)
         assert set(server.cursors) == {200}  # never skipped or rewound on its own
-        assert _stored(database) == []
+        assert stored_rows(database) == []
         server.frames = frames  # the upstream catches up
         await wait_until(_complete(database, 300), 30)
         nursery.cancel_scope.cancel()
-    assert _stored(database) == _expected(frames[200:])
+    assert stored_rows(database) == expected_rows(frames[200:])
 
 
 class SlowStore:
@@ -130,7 +121,7 @@ async def test_overflow_restarts_from_committed_cursor(database, tmp_path):
     resumed = server.cursors[1:]
     assert resumed and all(c is not None and c > 0 for c in resumed)
     assert resumed == sorted(resumed)
-    assert _stored(database) == _expected(frames)
+    assert stored_rows(database) == expected_rows(frames)
 
 
 async def test_short_read_timeout_is_not_tripped_by_steady_traffic(database, tmp_path):
@@ -144,4 +135,4 @@ async def test_short_read_timeout_is_not_tripped_by_steady_traffic(database, tmp
         # Then the replay goes quiet (it stays open): that is silence.
         await wait_until(lambda: running.stats.upstream_errors >= 1, 5)
         nursery.cancel_scope.cancel()
-    assert _stored(database) == _expected(frames)
+    assert stored_rows(database) == expected_rows(frames)

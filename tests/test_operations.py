@@ -13,13 +13,13 @@ import time
 import httpx
 import pytest
 
-from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.framefile import write_frames
 
 from .support import (
     ADMIN_URL,
     PDS_CAPTURE,
     ROOT,
+    expected_rows,
     free_port,
     query,
     relay_frames,
@@ -28,6 +28,7 @@ from .support import (
     service_env,
     service_process,
     start_service,
+    stored_rows,
     wait_for,
 )
 
@@ -95,7 +96,7 @@ def test_sigterm_under_heavy_ingest_exits_cleanly_and_loses_nothing(database, tm
     frames = renumbered(relay_frames(), 20000)
     recording = tmp_path / "frames.bin"
     write_frames(recording, frames)
-    expected = [(r.seq, r.rkey, r.cid) for f in frames for r in decode_frame(f).rows]
+    expected = expected_rows(frames)
     log = tmp_path / "service.log"
     with replay_process(recording) as relay:
         env = service_env(database, relay, tmp_path)
@@ -110,14 +111,13 @@ def test_sigterm_under_heavy_ingest_exits_cleanly_and_loses_nothing(database, tm
         assert code == 0 and took < 10, (code, took, log.read_text()[-2000:])
         stopped_at = query(database, "SELECT last_id, last_seq FROM firehose_cursor")[0]
         assert stopped_at[0] < len(expected), "stopped mid-ingest"
-        stored = query(database, "SELECT seq, rkey, cid FROM firehose_events ORDER BY id")
-        assert stored == expected[:stopped_at[0]]
+        assert stored_rows(database) == expected[:stopped_at[0]]
         # The next start resumes exactly after the last committed event.
         with service_process(env, log):
             assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
                             == [(20000,)], 60)
     assert f"?cursor={stopped_at[1]}" in log.read_text()
-    assert query(database, "SELECT seq, rkey, cid FROM firehose_events ORDER BY id") == expected
+    assert stored_rows(database) == expected
 
 
 def test_metrics_agree_with_the_database(database, tmp_path):

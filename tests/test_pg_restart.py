@@ -24,17 +24,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.framefile import write_frames
 
 from .support import (
     ROOT,
+    expected_rows,
     query,
     relay_frames,
     renumbered,
     replay_process,
     service_env,
     service_process,
+    stored_rows,
     wait_for,
 )
 
@@ -162,7 +163,7 @@ def test_database_outage_pauses_retries_and_resumes_without_loss(tmp_path):
     frames = renumbered(relay_frames(), N)
     recording = tmp_path / "frames.bin"
     write_frames(recording, frames)
-    expected = [(r.seq, r.collection, r.rkey, r.cid) for f in frames for r in decode_frame(f).rows]
+    expected = expected_rows(frames)
     assert len(set(expected)) == len(expected)  # so equality below also means "no duplicate"
     log = tmp_path / "service.log"
 
@@ -226,8 +227,7 @@ def test_database_outage_pauses_retries_and_resumes_without_loss(tmp_path):
         assert len(stops) <= 12, f"{len(stops)} retries in {down_for:.1f}s:\n{outage_log}"
         assert len(delays) <= len(stops) + 1
 
-        stored = query(database, "SELECT seq, collection, rkey, cid FROM firehose_events "
-                                 "ORDER BY id")
+        stored = stored_rows(database)
         assert len(stored) == len(expected)
         assert stored == expected  # every event, once, in upstream order
         ids = [i for (i,) in query(database, "SELECT id FROM firehose_events ORDER BY id")]
