@@ -144,11 +144,6 @@ def stored_rows(url: str) -> list[tuple]:
     return query(url, "SELECT seq, collection, rkey, cid FROM firehose_events ORDER BY id")
 
 
-def event_count(url: str) -> int:
-    """Rows in the log."""
-    return query(url, "SELECT count(*) FROM firehose_events")[0][0]
-
-
 @contextlib.contextmanager
 def replay_process(path: Path, *extra: str) -> Iterator[str]:
     """``python -m skywire_trio replay`` on a free port; yields its ws:// URL."""
