@@ -157,7 +157,8 @@ async def test_default_partition_rows_are_reported_and_moved(database, nursery, 
 
 async def test_paging_across_a_drop_says_events_were_skipped(database, nursery, tmp_path):
     frames = renumbered(relay_frames(), 600)
-    port = await nursery.start(serve_replay, frames)
+    # Rate-limited (~3 s of feed) so that events keep arriving after the day is dropped.
+    port = await nursery.start(serve_replay, frames, "127.0.0.1", 0, 200.0)
     clock = FakeClock(datetime.now(UTC) - timedelta(days=1))
     running = await nursery.start(serve, _settings(database, port, tmp_path, retention_days=1,
                                                    partition_interval=0.1),
