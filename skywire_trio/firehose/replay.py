@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Iterator
 from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import cbor2
 import libipld
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Request
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
+
+RECEIVE_BYTES = 64 * 1024
+WRITE_BYTES = 1024 * 1024
 
 
 def frame_seq(frame: bytes) -> int | None:
@@ -70,23 +76,76 @@ def _cursor(path: str) -> int | None:
         return None
 
 
-async def _handle(recording: Recording, rate: float, request: WebSocketRequest) -> None:
-    ws = await request.accept()
-    cursor = _cursor(request.path)
-    try:
-        if cursor is not None and cursor > recording.head:
-            await ws.send_message(error_frame("FutureCursor", "Cursor in the future."))
-            await ws.aclose(code=1008, reason="FutureCursor")
-            return
-        interval = 1 / rate if rate > 0 else 0.0
-        for frame in recording.frames[recording.start_index(cursor):]:
-            await ws.send_message(frame)
-            if interval:
-                await trio.sleep(interval)
-        while True:  # stay open after the last frame, until the client leaves
-            await ws.get_message()
-    except ConnectionClosed:
-        pass
+async def _handshake(stream: trio.SocketStream, conn: WSConnection) -> Request | None:
+    """Read until the client's upgrade request; None if it left or spoke something else."""
+    while True:
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            return None
+        try:
+            conn.receive_data(data)
+            for event in conn.events():
+                if isinstance(event, Request):
+                    return event
+        except RemoteProtocolError:
+            return None
+
+
+def _chunks(conn: WSConnection, frames: list[bytes], rate: float) -> Iterator[bytes]:
+    """The frames as websocket messages, joined into writes of about ``WRITE_BYTES``."""
+    if rate > 0:  # paced: one frame per write
+        yield from (conn.send(Message(data=frame)) for frame in frames)
+        return
+    pending: list[bytes] = []
+    size = 0
+    for frame in frames:
+        pending.append(conn.send(Message(data=frame)))
+        size += len(frame)
+        if size >= WRITE_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+async def _until_closed(stream: trio.SocketStream, conn: WSConnection) -> None:
+    """After the last frame: answer pings and the close handshake until the client leaves."""
+    while data := await stream.receive_some(RECEIVE_BYTES):
+        conn.receive_data(data)
+        for event in conn.events():
+            if isinstance(event, Ping):
+                await stream.send_all(conn.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                await stream.send_all(conn.send(event.response()))
+                return
+
+
+async def _handle(recording: Recording, rate: float, stream: trio.SocketStream) -> None:
+    # wsproto directly rather than trio-websocket's send_message (~78 us a message here,
+    # which made this server the bottleneck of the ingest benchmark): frames are encoded
+    # once and written ~1 MiB at a time.
+    conn = WSConnection(ConnectionType.SERVER)
+    async with stream:
+        try:
+            request = await _handshake(stream, conn)
+            if request is None:
+                return
+            await stream.send_all(conn.send(AcceptConnection()))
+            cursor = _cursor(request.target)
+            if cursor is not None and cursor > recording.head:
+                await stream.send_all(
+                    conn.send(Message(data=error_frame("FutureCursor", "Cursor in the future.")))
+                    + conn.send(CloseConnection(code=1008, reason="FutureCursor")))
+                return
+            interval = 1 / rate if rate > 0 else 0.0
+            frames = recording.frames[recording.start_index(cursor):]
+            for chunk in _chunks(conn, frames, rate):
+                await stream.send_all(chunk)
+                if interval:
+                    await trio.sleep(interval)
+            await _until_closed(stream, conn)
+        except (trio.BrokenResourceError, RemoteProtocolError, LocalProtocolError):
+            pass  # the client went away or broke the protocol: drop it
 
 
 async def serve_replay(frames: list[bytes], host: str = "127.0.0.1", port: int = 0,
@@ -96,10 +155,8 @@ async def serve_replay(frames: list[bytes], host: str = "127.0.0.1", port: int =
     recording = Recording(frames)
     handler = partial(_handle, recording, rate)
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            partial(serve_websocket, handler, host, port, ssl_context=None,
-                    max_message_size=16 * 1024 * 1024))
-        bound = server.port
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, port, host=host))
+        bound = listeners[0].socket.getsockname()[1]
         log.info("replaying %d frames (seq up to %d) on ws://%s:%d", len(frames),
                  recording.head, host, bound)
         task_status.started(bound)

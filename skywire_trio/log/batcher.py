@@ -34,7 +34,16 @@ async def _collect(first: Frame, receive: trio.MemoryReceiveChannel[Frame],
     with trio.move_on_after(settings.batch_interval):
         while events < settings.batch_size:
             try:
-                frame = await receive.receive()
+                # Take what is already buffered without yielding: receiving one frame per
+                # scheduler tick let the reader refill the buffer as fast as it drained, so
+                # it stayed full and the reader sat blocked through every commit (~20% of
+                # the service's time idle, measured with a trio instrument).
+                frame = receive.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    frame = await receive.receive()
+                except trio.EndOfChannel:
+                    return frames, True
             except trio.EndOfChannel:
                 return frames, True
             frames.append(frame)
