@@ -225,7 +225,7 @@ def websocket_ceiling(recording: Path, frames: int) -> tuple[float, float, float
     import trio
     from trio_websocket import open_websocket_url
 
-    from skywire_trio.firehose import reader
+    from skywire_trio.firehose import receiver as reader
 
     # The reader's own websocket options, whichever of them this version of it sets.
     options: dict[str, int] = {"max_message_size": reader.WEBSOCKET_MAX_MESSAGE}

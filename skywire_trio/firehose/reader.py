@@ -1,35 +1,33 @@
-"""The reader: one websocket session to the upstream, frames decoded onto a channel.
+"""The reader: one upstream connection, through the receiver process, onto the batcher's channel.
 
-One call is one connection. It returns only by raising: ``UpstreamError`` when the
-connection ends or misbehaves (the caller drains the batcher and reconnects from the
-committed cursor), ``BufferOverflow`` when the batcher cannot keep up (the caller tears
-ingestion down and restarts it from the committed cursor).
+The websocket and the decoding live in a child process (``receiver``) so that they use the
+second core; this side turns its messages into frames on the bounded channel. One call is
+one connection. It returns only by raising: ``UpstreamError`` when the connection ends or
+misbehaves (the caller drains the batcher and reconnects from the committed cursor),
+``BufferOverflow`` when the batcher cannot keep up (the caller tears ingestion down and
+restarts it from the committed cursor).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
 from ..config import Settings
 from ..stats import IngestStats
-from .codec import Frame, FrameError, decode_frame
+from .codec import Frame
+from .receiver import COMMAND, MessageBuffer, Rejected, from_wire
 
 log = logging.getLogger(__name__)
 
-# Headroom over the spec's 5 MB frame cap: a larger frame still reaches the decoder, which
-# rejects it into the dead-letter directory instead of the connection failing on it forever.
-WEBSOCKET_MAX_MESSAGE = 16 * 1024 * 1024
-# trio-websocket reads 4 KiB at a time by default, less than one average frame (5.4 KB);
-# 256 KiB reads and a queue of parsed messages cut the client's CPU per frame from ~129 to
-# ~77 us here (measured with a receive-only client against the replay server).
-RECEIVE_BUFFER = 256 * 1024
-MESSAGE_QUEUE = 64
+PIPE_READ_BYTES = 1024 * 1024
+# How long a receiver that was asked to stop (stdin closed) may take before it is killed.
+STOP_GRACE = 1.0
 
 
 class UpstreamError(Exception):
@@ -57,13 +55,11 @@ def subscribe_url(settings: Settings, cursor: int | None) -> str:
 
 
 async def _push(send: trio.MemorySendChannel[Frame], frame: Frame, grace: float,
-                stats: IngestStats, silence: trio.CancelScope) -> None:
+                stats: IngestStats) -> None:
     try:
         send.send_nowait(frame)
     except trio.WouldBlock:
-        # Full: block (TCP then pushes back on the upstream), but not forever. Waiting
-        # here is backpressure, not a silent upstream.
-        silence.deadline = math.inf
+        # Full: block (the pipe, then TCP, push back on the upstream), but not forever.
         with trio.move_on_after(grace):
             await send.send(frame)
             return
@@ -84,73 +80,59 @@ async def read_upstream(settings: Settings, cursor: int | None,
                         send: trio.MemorySendChannel[Frame], stats: IngestStats) -> None:
     """Connect after ``cursor`` and feed decoded frames to ``send`` until something fails."""
     url = subscribe_url(settings, cursor)
-    last_seq = cursor
+    process = await trio.lowlevel.open_process(
+        [*COMMAND, url, str(settings.read_timeout)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        async with open_websocket_url(url, max_message_size=WEBSOCKET_MAX_MESSAGE,
-                                      receive_buffer_size=RECEIVE_BUFFER,
-                                      message_queue_size=MESSAGE_QUEUE,
-                                      connect_timeout=10, disconnect_timeout=2) as ws:
-            stats.upstream_connected, stats.disconnected_since = True, None
-            log.info("connected to %s", url)
-            try:
-                await _read_frames(ws, last_seq, send, settings, stats)
-            finally:
-                stats.upstream_connected = False
-                stats.disconnected_since = trio.current_time()
-                # trio-websocket leaves the TCP stream open when the server closed first.
-                await ws._stream.aclose()
-    except ConnectionClosed as exc:
-        raise UpstreamError(f"upstream closed the connection: {exc.reason}") from None
-    except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
-        # trio-websocket's HandshakeError carries no text; the reason is its context.
-        reason = exc if str(exc) else (exc.__context__ or exc)
-        raise UpstreamError(f"cannot reach {url}: {reason!r}") from None
+        await _read_messages(process.stdout, url, cursor, send, settings, stats)
+    finally:
+        if stats.upstream_connected:  # a failed attempt does not restart the clock
+            stats.upstream_connected = False
+            stats.disconnected_since = trio.current_time()
+        with trio.CancelScope(shield=True):
+            await process.stdin.aclose()  # the receiver stops at end of file
+            with trio.move_on_after(STOP_GRACE):
+                await process.wait()
+            process.kill()
+            await process.wait()
 
 
-async def _read_frames(ws: WebSocketConnection, last_seq: int | None,
-                       send: trio.MemorySendChannel[Frame], settings: Settings,
-                       stats: IngestStats) -> None:
-    """Receive until the socket fails or stays silent for ``read_timeout``."""
-    # Moving a cancel scope's deadline on every frame cost ~9% of the service's CPU
-    # (py-spy), so it moves at most every `step`: silence is detected between timeout and
-    # timeout + step, and traffic never trips it.
-    timeout = settings.read_timeout
-    step = min(1.0, timeout / 4)
-    with trio.CancelScope() as silence:
-        refresh_at = -math.inf
-        while True:
-            now = trio.current_time()
-            if now >= refresh_at:
-                silence.deadline, refresh_at = now + timeout + step, now + step
-            message = await ws.get_message()
-            last_seq = await _accept(message, last_seq, send, settings, stats, silence)
-            if silence.deadline == math.inf:  # the push waited on a full buffer
-                refresh_at = -math.inf
-    raise UpstreamError(f"no data for {timeout:g}s")
+async def _read_messages(stdout: trio.abc.ReceiveStream, url: str, last_seq: int | None,
+                         send: trio.MemorySendChannel[Frame], settings: Settings,
+                         stats: IngestStats) -> None:
+    messages = MessageBuffer()
+    while data := await stdout.receive_some(PIPE_READ_BYTES):
+        for message in messages.feed(data):
+            if message[0] == "frames":
+                last_seq = await _accept(message[1], message[2], last_seq, send, settings, stats)
+            elif message[0] == "connected":
+                stats.upstream_connected, stats.disconnected_since = True, None
+                log.info("connected to %s", url)
+            else:
+                raise UpstreamError(message[1])
+    raise UpstreamError("the receiver process ended without saying why")
 
 
-async def _accept(message: bytes | str, last_seq: int | None,
+async def _accept(items: Sequence[tuple | Rejected], nbytes: int, last_seq: int | None,
                   send: trio.MemorySendChannel[Frame], settings: Settings,
-                  stats: IngestStats, silence: trio.CancelScope) -> int | None:
-    stats.frames_in += 1
-    stats.bytes_in += len(message)
-    try:
-        if not isinstance(message, bytes):
-            raise FrameError("text message where a binary frame was expected")
-        frame = decode_frame(message)
-    except FrameError as exc:
-        stats.frames_rejected += 1
-        path = save_rejected(settings.deadletter_dir, message, str(exc))
-        log.warning("rejected an unparseable frame (%s); bytes saved to %s", exc, path)
-        return last_seq
-    if frame.kind == "error":
-        raise _handle_error_frame(frame, last_seq)
-    if frame.kind == "info":
-        log.warning("upstream info %s: %s", frame.error, frame.rows[0].record)
-    if frame.seq is not None:
-        if last_seq is not None and frame.seq <= last_seq:
-            stats.duplicates_skipped += 1  # replayed at-least-once; already in the log
-            return last_seq
-        last_seq = frame.seq
-    await _push(send, frame, settings.overflow_grace, stats, silence)
+                  stats: IngestStats) -> int | None:
+    stats.frames_in += len(items)
+    stats.bytes_in += nbytes
+    for frame in map(from_wire, items):
+        if isinstance(frame, Rejected):
+            stats.frames_rejected += 1
+            path = save_rejected(settings.deadletter_dir, frame.raw, frame.reason)
+            log.warning("rejected an unparseable frame (%s); bytes saved to %s",
+                        frame.reason, path)
+            continue
+        if frame.kind == "error":
+            raise _handle_error_frame(frame, last_seq)
+        if frame.kind == "info":
+            log.warning("upstream info %s: %s", frame.error, frame.rows[0].record)
+        if frame.seq is not None:
+            if last_seq is not None and frame.seq <= last_seq:
+                stats.duplicates_skipped += 1  # replayed at-least-once; already in the log
+                continue
+            last_seq = frame.seq
+        await _push(send, frame, settings.overflow_grace, stats)
     return last_seq

@@ -9,7 +9,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from .framefile import FrameWriter
-from .reader import WEBSOCKET_MAX_MESSAGE
+from .receiver import WEBSOCKET_MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
