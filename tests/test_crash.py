@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 import signal
 import time
+from pathlib import Path
 
 from skywire_trio.firehose.framefile import write_frames
 
 from .support import (
+    PDS_CAPTURE,
     expected_rows,
     query,
     relay_frames,
@@ -22,6 +24,27 @@ from .support import (
 )
 
 N = 3000
+
+
+def child_processes(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended while we looked
+        if fields[1] == str(pid) and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
+def is_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (nobody may reap an orphan here)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(database, tmp_path):
@@ -59,3 +82,20 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(database, tmp_pa
     assert stored_rows(database) == expected  # every event, once, in order
     ids = [i for (i,) in query(database, "SELECT id FROM firehose_events ORDER BY id")]
     assert ids == list(range(1, len(expected) + 1))
+
+
+def test_receiver_process_exits_with_the_killed_service(database, tmp_path):
+    log = tmp_path / "service.log"
+    with replay_process(PDS_CAPTURE) as relay:
+        proc = start_service(service_env(database, relay, tmp_path), log)
+        try:
+            assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
+                            == [(359,)], 30), log.read_text()[-3000:]
+            receivers = child_processes(proc.pid)
+            assert len(receivers) == 1, receivers  # the websocket + decoder process
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        # Orphaned on a connection that the relay keeps open and silent (the read timeout
+        # is 30 s), it still exits at once: its stdin, the dead service's pipe, closed.
+        assert wait_for(lambda: not is_running(receivers[0]), 5)
