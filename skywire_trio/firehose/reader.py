@@ -1,7 +1,7 @@
 """The reader: one upstream connection, through the receiver process, onto the batcher's channel.
 
-The websocket and the decoding live in a child process (``receiver``) so that they use the
-second core; this side turns its messages into frames on the bounded channel. One call is
+The websocket lives in a child process (``receiver``) so that it uses the second core; this
+side decodes the messages it pipes over and puts the frames on the bounded channel. One call is
 one connection. It returns only by raising: ``UpstreamError`` when the connection ends or
 misbehaves (the caller drains the batcher and reconnects from the committed cursor),
 ``BufferOverflow`` when the batcher cannot keep up (the caller tears ingestion down and
@@ -13,15 +13,14 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import trio
 
 from ..config import Settings
 from ..stats import IngestStats
-from .codec import Frame
-from .receiver import COMMAND, MessageBuffer, Rejected, from_wire
+from .codec import Frame, FrameError, decode_frame
+from .receiver import BINARY, COMMAND, CONNECTED, TEXT, RecordBuffer
 
 log = logging.getLogger(__name__)
 
@@ -100,39 +99,47 @@ async def read_upstream(settings: Settings, cursor: int | None,
 async def _read_messages(stdout: trio.abc.ReceiveStream, url: str, last_seq: int | None,
                          send: trio.MemorySendChannel[Frame], settings: Settings,
                          stats: IngestStats) -> None:
-    messages = MessageBuffer()
+    records = RecordBuffer()
     while data := await stdout.receive_some(PIPE_READ_BYTES):
-        for message in messages.feed(data):
-            if message[0] == "frames":
-                last_seq = await _accept(message[1], message[2], last_seq, send, settings, stats)
-            elif message[0] == "connected":
+        for kind, payload in records.feed(data):
+            if kind == BINARY:
+                last_seq = await _accept(payload, last_seq, send, settings, stats)
+            elif kind == TEXT:
+                _reject(payload, "text message where a binary frame was expected", settings,
+                        stats)
+            elif kind == CONNECTED:
                 stats.upstream_connected, stats.disconnected_since = True, None
                 log.info("connected to %s", url)
             else:
-                raise UpstreamError(message[1])
+                raise UpstreamError(payload.decode("utf-8", "replace"))
     raise UpstreamError("the receiver process ended without saying why")
 
 
-async def _accept(items: Sequence[tuple | Rejected], nbytes: int, last_seq: int | None,
-                  send: trio.MemorySendChannel[Frame], settings: Settings,
-                  stats: IngestStats) -> int | None:
-    stats.frames_in += len(items)
-    stats.bytes_in += nbytes
-    for frame in map(from_wire, items):
-        if isinstance(frame, Rejected):
-            stats.frames_rejected += 1
-            path = save_rejected(settings.deadletter_dir, frame.raw, frame.reason)
-            log.warning("rejected an unparseable frame (%s); bytes saved to %s",
-                        frame.reason, path)
-            continue
-        if frame.kind == "error":
-            raise _handle_error_frame(frame, last_seq)
-        if frame.kind == "info":
-            log.warning("upstream info %s: %s", frame.error, frame.rows[0].record)
-        if frame.seq is not None:
-            if last_seq is not None and frame.seq <= last_seq:
-                stats.duplicates_skipped += 1  # replayed at-least-once; already in the log
-                continue
-            last_seq = frame.seq
-        await _push(send, frame, settings.overflow_grace, stats)
+def _reject(message: bytes, reason: str, settings: Settings, stats: IngestStats) -> None:
+    stats.frames_in += 1
+    stats.bytes_in += len(message)
+    stats.frames_rejected += 1
+    path = save_rejected(settings.deadletter_dir, message, reason)
+    log.warning("rejected an unparseable frame (%s); bytes saved to %s", reason, path)
+
+
+async def _accept(message: bytes, last_seq: int | None, send: trio.MemorySendChannel[Frame],
+                  settings: Settings, stats: IngestStats) -> int | None:
+    try:
+        frame = decode_frame(message)
+    except FrameError as exc:
+        _reject(message, str(exc), settings, stats)
+        return last_seq
+    stats.frames_in += 1
+    stats.bytes_in += len(message)
+    if frame.kind == "error":
+        raise _handle_error_frame(frame, last_seq)
+    if frame.kind == "info":
+        log.warning("upstream info %s: %s", frame.error, frame.rows[0].record)
+    if frame.seq is not None:
+        if last_seq is not None and frame.seq <= last_seq:
+            stats.duplicates_skipped += 1  # replayed at-least-once; already in the log
+            return last_seq
+        last_seq = frame.seq
+    await _push(send, frame, settings.overflow_grace, stats)
     return last_seq

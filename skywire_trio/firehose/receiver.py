@@ -1,18 +1,17 @@
-"""The receiver: the child process that holds the upstream websocket and decodes frames.
+"""The receiver: the child process that holds the upstream websocket and pipes its messages.
 
-Why a process: on one thread the service spent ~72 us of CPU per frame, ~24 of them in
-trio-websocket/wsproto and ~19 in decoding, so it could not commit 15,000 events/s. Here
-those two run on the other core and the service only unpickles decoded frames (~5 us).
+Why a process: on one thread the service spent ~72 us of CPU per frame, a third of it in
+trio-websocket and wsproto, so it could not commit 15,000 events/s. Here the websocket
+runs on the other core; the service decodes and commits. (Decoding here as well left this
+process at ~64 us a frame and the service at ~15: the split below is the balanced one.)
 
 Started by the reader as ``COMMAND + [URL, READ_TIMEOUT]``. One process is one
-connection: it writes messages to stdout, each a u32 big-endian length and a pickle, in
-order:
+connection. It writes records to stdout, each a u32 big-endian length, a kind byte and a
+payload, in order:
 
-- ``("connected",)`` once the websocket is open;
-- ``("frames", items, nbytes)``: decoded frames (as plain tuples, see ``from_wire``), or
-  ``Rejected`` for a message that could not be parsed, in upstream order, with the number
-  of bytes they came from;
-- ``("closed", reason)`` when the connection ends or stays silent, as its last message.
+- ``CONNECTED`` (no payload) once the websocket is open;
+- ``BINARY`` / ``TEXT``: one websocket message, as received (text as UTF-8);
+- ``CLOSED``: why the connection ended or was given up as silent (UTF-8), always last.
 
 It exits when the connection ends, and as soon as its stdin reaches end of file, which is
 how it learns that the service stopped or died (even by SIGKILL). A full stdout pipe
@@ -24,16 +23,12 @@ from __future__ import annotations
 import fcntl
 import math
 import os
-import pickle
 import signal
 import struct
 import sys
-from typing import NamedTuple
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
-
-from .codec import Frame, FrameError, Row, decode_frame
 
 # Headroom over the spec's 5 MB frame cap: a larger frame still reaches the decoder, which
 # rejects it into the dead-letter directory instead of the connection failing on it forever.
@@ -43,80 +38,48 @@ WEBSOCKET_MAX_MESSAGE = 16 * 1024 * 1024
 # (measured with a receive-only client against the replay server).
 RECEIVE_BUFFER = 256 * 1024
 MESSAGE_QUEUE = 64
-# Decoded frames waiting for the pipe; at most this many are written in one message.
-PENDING_FRAMES = 256
+# Messages waiting for the pipe. The writer collects for COALESCE seconds before each
+# write: one write per message cost ~10 us a frame (py-spy), one every 2 ms carries ~30
+# frames at 15,000 frames/s and adds at most 2 ms of latency.
+PENDING_MESSAGES = 256
 COALESCE = 0.002
 PIPE_BYTES = 1024 * 1024
-_LENGTH = struct.Struct(">I")
-# Not ``-m``: run as __main__, this module's classes would pickle as ``__main__.Rejected``.
-COMMAND = [sys.executable, "-c", "from skywire_trio.firehose.receiver import run; run()"]
+
+CONNECTED, BINARY, TEXT, CLOSED = b"c", b"b", b"t", b"x"
+_HEADER = struct.Struct(">Ic")
+COMMAND = [sys.executable, "-m", "skywire_trio.firehose.receiver"]
 
 
-class Rejected(NamedTuple):
-    """A message that is not a parseable frame: its bytes and why, for the dead letters."""
-
-    raw: bytes
-    reason: str
+def encode_record(kind: bytes, payload: bytes = b"") -> bytes:
+    """One record as written to the pipe."""
+    return _HEADER.pack(len(payload), kind) + payload
 
 
-def encode_message(message: tuple) -> bytes:
-    """One length-prefixed pickle, as written to the pipe."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(payload)) + payload
-
-
-class MessageBuffer:
-    """Splits the bytes read from the pipe back into messages."""
+class RecordBuffer:
+    """Splits the bytes read from the pipe back into ``(kind, payload)`` records."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple]:
-        """Add ``data``; return the messages it completed."""
-        self._buffer += data
-        messages, pos, size = [], 0, len(self._buffer)
-        view = memoryview(self._buffer)
-        while size - pos >= 4:
-            (length,) = _LENGTH.unpack_from(view, pos)
-            if size - pos - 4 < length:
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """Add ``data``; return the records it completed."""
+        buffer = self._buffer
+        buffer += data
+        records, pos, size = [], 0, len(buffer)
+        while size - pos >= _HEADER.size:
+            length, kind = _HEADER.unpack_from(buffer, pos)
+            start = pos + _HEADER.size
+            if size - start < length:
                 break
-            # The peer is our own child process, so unpickling it is safe.
-            messages.append(pickle.loads(view[pos + 4:pos + 4 + length]))
-            pos += 4 + length
-        view.release()
-        del self._buffer[:pos]
-        return messages
+            records.append((kind, bytes(buffer[start:start + length])))
+            pos = start + length
+        del buffer[:pos]
+        return records
 
 
-def to_wire(item: Frame | Rejected) -> tuple | Rejected:
-    """A frame as plain tuples, for a ``frames`` message (``from_wire`` undoes it)."""
-    # Plain tuples pickle and unpickle ~3x faster than the dataclass and named tuples.
-    if isinstance(item, Rejected):
-        return item
-    return (item.kind, item.seq, [tuple(row) for row in item.rows], item.error, item.message)
-
-
-def from_wire(item: tuple | Rejected) -> Frame | Rejected:
-    """A frame as the decoder made it, from its form in a ``frames`` message."""
-    if isinstance(item, Rejected):
-        return item
-    kind, seq, rows, error, message = item
-    return Frame(kind, seq, [Row._make(row) for row in rows], error, message)
-
-
-def _decode(message: bytes | str) -> Frame | Rejected:
-    if not isinstance(message, bytes):
-        return Rejected(message.encode("utf-8", "replace"),
-                        "text message where a binary frame was expected")
-    try:
-        return decode_frame(message)
-    except FrameError as exc:
-        return Rejected(message, str(exc))
-
-
-async def _receive(ws: WebSocketConnection, send: trio.MemorySendChannel[tuple[object, int]],
+async def _receive(ws: WebSocketConnection, send: trio.MemorySendChannel[bytes],
                    timeout: float) -> str:
-    """Decode messages onto ``send`` until the socket fails or stays silent; returns why."""
+    """Put messages on ``send`` until the socket fails or stays silent; returns why."""
     # Moving a cancel scope's deadline on every frame cost ~9% of the CPU (py-spy), so it
     # moves at most every `step`: silence is detected between timeout and timeout + step.
     step = min(1.0, timeout / 4)
@@ -130,31 +93,28 @@ async def _receive(ws: WebSocketConnection, send: trio.MemorySendChannel[tuple[o
                 message = await ws.get_message()
             except ConnectionClosed as exc:
                 return f"upstream closed the connection: {exc.reason}"
-            item = (_decode(message), len(message))
+            record = (encode_record(BINARY, message) if isinstance(message, bytes)
+                      else encode_record(TEXT, message.encode("utf-8", "replace")))
             try:
-                send.send_nowait(item)
+                send.send_nowait(record)
             except trio.WouldBlock:
                 # The service is not reading: waiting here is backpressure, not silence.
                 silence.deadline, refresh_at = math.inf, -math.inf
-                await send.send(item)
+                await send.send(record)
     return f"no data for {timeout:g}s"
 
 
-async def _write(receive: trio.MemoryReceiveChannel[tuple[object, int]],
-                 out: trio.lowlevel.FdStream) -> None:
-    """Write decoded frames to the pipe, up to ``COALESCE`` seconds' worth per message."""
-    # Pickling and writing frames one at a time cost ~20 us a frame (py-spy); a message
-    # every 2 ms holds ~30 frames at 15,000 frames/s and adds at most 2 ms of latency.
+async def _write(receive: trio.MemoryReceiveChannel[bytes], out: trio.lowlevel.FdStream) -> None:
+    """Write the records, all those that arrive within ``COALESCE`` seconds at a time."""
     async for first in receive:
         await trio.sleep(COALESCE)
         batch = [first]
-        while len(batch) < PENDING_FRAMES:
+        while len(batch) < PENDING_MESSAGES:
             try:
                 batch.append(receive.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-        items = [to_wire(item) for item, _ in batch]
-        await out.send_all(encode_message(("frames", items, sum(n for _, n in batch))))
+        await out.send_all(b"".join(batch))
 
 
 async def _connection(url: str, timeout: float, out: trio.lowlevel.FdStream) -> str:
@@ -163,8 +123,8 @@ async def _connection(url: str, timeout: float, out: trio.lowlevel.FdStream) -> 
                                       receive_buffer_size=RECEIVE_BUFFER,
                                       message_queue_size=MESSAGE_QUEUE,
                                       connect_timeout=10, disconnect_timeout=2) as ws:
-            await out.send_all(encode_message(("connected",)))
-            send, receive = trio.open_memory_channel[tuple[object, int]](PENDING_FRAMES)
+            await out.send_all(encode_record(CONNECTED))
+            send, receive = trio.open_memory_channel[bytes](PENDING_MESSAGES)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_write, receive, out)
@@ -195,21 +155,20 @@ async def main(url: str, timeout: float) -> None:
             nursery.start_soon(_until_stdin_closes, scope)
             out = trio.lowlevel.FdStream(os.dup(1))
             reason = await _connection(url, timeout, out)
-            await out.send_all(encode_message(("closed", reason)))
+            await out.send_all(encode_record(CLOSED, reason.encode("utf-8", "replace")))
             await out.aclose()
             scope.cancel()
 
 
-def run() -> None:
-    """The process's entry point: ``sys.argv`` is ``[..., URL, READ_TIMEOUT]``."""
+if __name__ == "__main__":
     # The service decides when this process stops (by closing stdin); a Ctrl-C sent to the
-    # whole process group must not kill it mid-message with a traceback.
+    # whole process group must not kill it mid-record with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:  # fewer, larger pipe writes (Linux; the default pipe holds 64 KiB)
         fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (AttributeError, OSError):
         pass
     try:
-        trio.run(main, sys.argv[-2], float(sys.argv[-1]))
+        trio.run(main, sys.argv[1], float(sys.argv[2]))
     except* (trio.BrokenResourceError, BrokenPipeError):
         pass  # the service is gone: nobody left to tell
