@@ -21,8 +21,9 @@ frames with fresh contiguous seqs (``tests.support.renumbered``):
    from the service's start until ``firehose_cursor.last_seq`` reaches the last seq. The
    cursor is polled every 20 ms, which also gives the time of the first commit (startup:
    interpreter, imports, migrations, connecting) and the steady-state rate after it. Peak
-   RSS is the service's ``VmHWM`` read just before it is stopped with SIGTERM (it must exit
-   0). The log is then checked: one row per expected event, ids 1..count without a gap.
+   RSS is the service's ``VmHWM`` plus that of its receiver process (the websocket),
+   read just before the service is stopped with SIGTERM (it must exit 0). The log is then
+   checked: one row per expected event, ids 1..count without a gap.
 
 The machine is shared, so each phase first waits (``--wait-quiet``, default 30 s) for the
 CPUs to be idle, and every phase reports how many cores *other* processes used while it
@@ -137,9 +138,9 @@ def proc_status(pid: int, key: str) -> int | None:
     return None
 
 
-def children_matching(word: str) -> list[int]:
-    """Pids of our own child processes whose command line contains ``word``."""
-    me = os.getpid()
+def children_matching(word: str, parent: int | None = None) -> list[int]:
+    """Pids of the child processes of ``parent`` (default: this script) running ``word``."""
+    me = os.getpid() if parent is None else parent
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -225,14 +226,14 @@ def websocket_ceiling(recording: Path, frames: int) -> tuple[float, float, float
     import trio
     from trio_websocket import open_websocket_url
 
-    from skywire_trio.firehose import receiver as reader
+    from skywire_trio.firehose import receiver
 
-    # The reader's own websocket options, whichever of them this version of it sets.
-    options: dict[str, int] = {"max_message_size": reader.WEBSOCKET_MAX_MESSAGE}
+    # The receiver's own websocket options, whichever of them this version of it sets.
+    options: dict[str, int] = {"max_message_size": receiver.WEBSOCKET_MAX_MESSAGE}
     for option, constant in (("receive_buffer_size", "RECEIVE_BUFFER"),
                              ("message_queue_size", "MESSAGE_QUEUE")):
-        if isinstance(getattr(reader, constant, None), int):
-            options[option] = getattr(reader, constant)
+        if isinstance(getattr(receiver, constant, None), int):
+            options[option] = getattr(receiver, constant)
     print("receive-only client options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
 
     async def receive_all(url: str) -> float:
@@ -263,8 +264,10 @@ class EndToEnd:
     first_commit: float | None = None  # service start -> first commit seen
     events_at_first_commit: int = 0
     samples: list[tuple[float, int]] = field(default_factory=list)  # (t, last_id)
-    peak_rss_kb: int | None = None
+    peak_rss_kb: int | None = None  # the service process and its receiver process, summed
+    receiver_rss_kb: int | None = None
     service_cpu: float | None = None  # CPU seconds over the run, per process group
+    receiver_cpu: float | None = None  # the service's websocket process
     replay_cpu: float | None = None
     postgres_cpu: float | None = None  # the backends serving the benchmark database
     machine_cpu: float | None = None  # all CPUs, everything running on the machine
@@ -294,6 +297,7 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 backends: set[int] = set()
+                receivers: set[int] = set()
                 deadline = started + timeout
                 while time.perf_counter() < deadline:
                     if service.poll() is not None:
@@ -301,6 +305,7 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
                     row = conn.execute(
                         "SELECT last_seq, last_id FROM firehose_cursor").fetchone()
                     if len(result.samples) % 25 == 0:
+                        receivers.update(children_matching("receiver", service.pid))
                         backends.update(pid for (pid,) in conn.execute(
                             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                             " AND pid <> pg_backend_pid()").fetchall())
@@ -318,8 +323,13 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
                 busy1 = machine_busy_seconds()
                 result.bench_cpu = time.process_time() - bench0
                 result.machine_cpu = busy1 - busy0
-                result.peak_rss_kb = proc_status(service.pid, "VmHWM")
+                receivers.update(children_matching("receiver", service.pid))
+                result.receiver_rss_kb = max((proc_status(p, "VmHWM") or 0 for p in receivers),
+                                             default=0)
+                result.peak_rss_kb = (proc_status(service.pid, "VmHWM") or 0) + \
+                    result.receiver_rss_kb
                 result.service_cpu = proc_cpu_seconds(service.pid)
+                result.receiver_cpu = sum(proc_cpu_seconds(p) for p in receivers)
                 result.replay_cpu = sum(proc_cpu_seconds(p)
                                         for p in replay_pids) - replay_cpu0
                 result.postgres_cpu = sum(proc_cpu_seconds(p) for p in backends)
@@ -461,8 +471,10 @@ def main(argv: Sequence[str] | None = None) -> int:
          f"{ceiling_fps * events / n_frames:,.0f} events/s",
          "replay server -> receive-only client"),
         ("service peak RSS (VmHWM)", f"{rss_mb:,.0f} MB", "",
-         f"< {RSS_TARGET_MB} MB: {verdict(0 < rss_mb < RSS_TARGET_MB)}"),
-        ("ratio e2e / SDK decode", f"{e2e_fps / sdk_fps:.2f}x", "", "frames/s committed / decoded"),
+         f"< {RSS_TARGET_MB} MB: {verdict(0 < rss_mb < RSS_TARGET_MB)} (of which receiver "
+         f"{(e2e.receiver_rss_kb or 0) / 1024:,.0f} MB)"),
+        ("ratio e2e / SDK decode", f"{e2e_fps / sdk_fps:.2f}x", "",
+         f"frames/s committed / decoded; {steady_fps / sdk_fps:.2f}x after first commit"),
         ("ratio our / SDK decoder", f"{ours_fps / sdk_fps:.2f}x", "",
          "" if models_fps is None else f"{ours_fps / models_fps:.2f}x vs SDK + models"),
     ]
@@ -476,12 +488,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{e2e.ids_ok}; service exit code on SIGTERM: {e2e.exit_code}; dead letters: "
           f"{e2e.deadletters}; ingest restarts: {e2e.restarts}")
     if e2e.service_cpu is not None and e2e.machine_cpu is not None and e2e.seconds:
-        known = (e2e.service_cpu + (e2e.replay_cpu or 0) + (e2e.postgres_cpu or 0)
-                 + (e2e.bench_cpu or 0))
+        known = (e2e.service_cpu + (e2e.receiver_cpu or 0) + (e2e.replay_cpu or 0)
+                 + (e2e.postgres_cpu or 0) + (e2e.bench_cpu or 0))
         other = max(0.0, e2e.machine_cpu - known)
         cores = os.cpu_count() or 1
         print(f"CPU seconds over the {e2e.seconds:.1f}s run: service {e2e.service_cpu:.1f} "
-              f"({e2e.service_cpu / e2e.seconds:.0%} of one core), replay server "
+              f"({e2e.service_cpu / e2e.seconds:.0%} of one core) + its receiver process "
+              f"{e2e.receiver_cpu or 0:.1f} ({(e2e.receiver_cpu or 0) / e2e.seconds:.0%}), "
+              "replay server "
               f"{e2e.replay_cpu or 0:.1f}, PostgreSQL backends {e2e.postgres_cpu or 0:.1f}, "
               f"this script {e2e.bench_cpu or 0:.1f}; whole machine {e2e.machine_cpu:.1f} of "
               f"{cores * e2e.seconds:.1f} available, of which {other:.1f} by other processes "
