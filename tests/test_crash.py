@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
@@ -99,3 +100,27 @@ def test_receiver_process_exits_with_the_killed_service(database, tmp_path):
         # Orphaned on a connection that the relay keeps open and silent (the read timeout
         # is 30 s), it still exits at once: its stdin, the dead service's pipe, closed.
         assert wait_for(lambda: not is_running(receivers[0]), 5)
+
+
+def test_killed_receiver_process_is_replaced_and_nothing_is_lost(database, tmp_path):
+    frames = renumbered(relay_frames(), 2000)
+    recording = tmp_path / "frames.bin"
+    write_frames(recording, frames)
+    log = tmp_path / "service.log"
+
+    def last_id() -> int:
+        rows = query(database, "SELECT last_id FROM firehose_cursor")
+        return rows[0][0] if rows else 0
+
+    with replay_process(recording, "--rate", "1000") as relay, \
+            service_process(service_env(database, relay, tmp_path), log) as proc:
+        assert wait_for(lambda: last_id() > 200, 30), log.read_text()[-3000:]
+        (receiver,) = child_processes(proc.pid)
+        os.kill(receiver, signal.SIGKILL)
+        assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
+                        == [(2000,)], 60), log.read_text()[-3000:]
+        assert proc.poll() is None  # the service itself carried on
+        (replacement,) = child_processes(proc.pid)
+        assert replacement != receiver
+    assert "receiver process exited with code -9" in log.read_text()
+    assert stored_rows(database) == expected_rows(frames)

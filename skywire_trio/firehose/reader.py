@@ -83,7 +83,9 @@ async def read_upstream(settings: Settings, cursor: int | None,
         [*COMMAND, url, str(settings.read_timeout)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        await _read_messages(process.stdout, url, cursor, send, settings, stats)
+        await _read_records(process.stdout, url, cursor, send, settings, stats)
+        code = await process.wait()  # its stdout ended without a CLOSED record: it crashed
+        raise UpstreamError(f"the receiver process exited with code {code} without saying why")
     finally:
         if stats.upstream_connected:  # a failed attempt does not restart the clock
             stats.upstream_connected = False
@@ -96,9 +98,10 @@ async def read_upstream(settings: Settings, cursor: int | None,
             await process.wait()
 
 
-async def _read_messages(stdout: trio.abc.ReceiveStream, url: str, last_seq: int | None,
+async def _read_records(stdout: trio.abc.ReceiveStream, url: str, last_seq: int | None,
                          send: trio.MemorySendChannel[Frame], settings: Settings,
                          stats: IngestStats) -> None:
+    """Handle the receiver's records until it says the connection is over (or its pipe ends)."""
     records = RecordBuffer()
     while data := await stdout.receive_some(PIPE_READ_BYTES):
         for kind, payload in records.feed(data):
@@ -112,7 +115,6 @@ async def _read_messages(stdout: trio.abc.ReceiveStream, url: str, last_seq: int
                 log.info("connected to %s", url)
             else:
                 raise UpstreamError(payload.decode("utf-8", "replace"))
-    raise UpstreamError("the receiver process ended without saying why")
 
 
 def _reject(message: bytes, reason: str, settings: Settings, stats: IngestStats) -> None:
