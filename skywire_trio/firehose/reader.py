@@ -24,7 +24,10 @@ from .receiver import BINARY, COMMAND, CONNECTED, TEXT, RecordBuffer
 
 log = logging.getLogger(__name__)
 
-PIPE_READ_BYTES = 1024 * 1024
+# Reads of 1 MiB made the service's RSS creep (100 -> 125 MB over 300,000 frames, flat with
+# MALLOC_MMAP_THRESHOLD_ fixed: glibc's sliding mmap threshold moved such buffers onto the
+# heap and fragmented it). At 64 KiB it stays flat at ~89 MB, for no measurable CPU.
+PIPE_READ_BYTES = 64 * 1024
 # How long a receiver that was asked to stop (stdin closed) may take before it is killed.
 STOP_GRACE = 1.0
 
