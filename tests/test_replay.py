@@ -36,6 +36,15 @@ async def test_serves_every_frame_after_the_cursor(nursery, rate):
     assert await _receive(f"{url}?cursor={len(FRAMES)}", 0) == []
 
 
+@pytest.mark.parametrize("rate", [0.0, 100.0])
+async def test_every_websocket_length_encoding_reaches_the_client(nursery, rate):
+    # 7-bit, 16-bit and 64-bit payload lengths (RFC 6455 5.2); not frames, so no seqs.
+    payloads = [b"x" * 125, b"y" * 126, b"z" * 65535, b"w" * 65536, b"v" * 3_000_000]
+    port = await nursery.start(serve_replay, payloads, "127.0.0.1", 0, rate)
+    url = f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos"
+    assert await _receive(url, len(payloads)) == payloads
+
+
 async def test_future_cursor_gets_error_frame_and_close_1008(nursery):
     port = await nursery.start(serve_replay, FRAMES)
     url = f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos?cursor=401"

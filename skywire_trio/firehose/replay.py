@@ -12,6 +12,7 @@ import bisect
 import logging
 from collections.abc import Iterator
 from functools import partial
+from itertools import accumulate, pairwise
 from urllib.parse import parse_qs, urlsplit
 
 import cbor2
@@ -44,17 +45,33 @@ def error_frame(name: str, message: str | None = None) -> bytes:
     return cbor2.dumps({"op": -1}, canonical=True) + cbor2.dumps(body, canonical=True)
 
 
+def websocket_message(payload: bytes) -> bytes:
+    """``payload`` as one unmasked binary websocket frame (RFC 6455 5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x82, size))
+    elif size < 1 << 16:
+        header = bytes((0x82, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x82, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
 class Recording:
-    """Frames with their seqs, for cursor look-ups."""
+    """Frames with their seqs, for cursor look-ups, and encoded once for the wire."""
 
     def __init__(self, frames: list[bytes]) -> None:
-        self.frames = frames
         # Frames without a seq inherit the previous one, so bisect still works.
         self.positions: list[int] = []
         last = 0
         for frame in frames:
             last = frame_seq(frame) or last
             self.positions.append(last)
+        # Every frame as a websocket message, back to back, and where each one starts:
+        # sending is then slicing, not encoding (twice the recording's size in memory).
+        messages = [websocket_message(frame) for frame in frames]
+        self.bounds = list(accumulate(map(len, messages), initial=0))
+        self.wire = b"".join(messages)
 
     @property
     def head(self) -> int:
@@ -64,6 +81,17 @@ class Recording:
     def start_index(self, cursor: int | None) -> int:
         """Index of the first frame to send after ``cursor``."""
         return 0 if cursor is None else bisect.bisect_right(self.positions, cursor)
+
+    def chunks(self, cursor: int | None, paced: bool) -> Iterator[memoryview]:
+        """The wire bytes after ``cursor``: one frame at a time if ``paced``, else ~1 MiB."""
+        wire = memoryview(self.wire)
+        first = self.start_index(cursor)
+        if paced:
+            for start, end in pairwise(self.bounds[first:]):
+                yield wire[start:end]
+            return
+        for start in range(self.bounds[first], len(wire), WRITE_BYTES):
+            yield wire[start:start + WRITE_BYTES]
 
 
 def _cursor(path: str) -> int | None:
@@ -91,23 +119,6 @@ async def _handshake(stream: trio.SocketStream, conn: WSConnection) -> Request |
             return None
 
 
-def _chunks(conn: WSConnection, frames: list[bytes], rate: float) -> Iterator[bytes]:
-    """The frames as websocket messages, joined into writes of about ``WRITE_BYTES``."""
-    if rate > 0:  # paced: one frame per write
-        yield from (conn.send(Message(data=frame)) for frame in frames)
-        return
-    pending: list[bytes] = []
-    size = 0
-    for frame in frames:
-        pending.append(conn.send(Message(data=frame)))
-        size += len(frame)
-        if size >= WRITE_BYTES:
-            yield b"".join(pending)
-            pending, size = [], 0
-    if pending:
-        yield b"".join(pending)
-
-
 async def _until_closed(stream: trio.SocketStream, conn: WSConnection) -> None:
     """After the last frame: answer pings and the close handshake until the client leaves."""
     while data := await stream.receive_some(RECEIVE_BYTES):
@@ -121,9 +132,9 @@ async def _until_closed(stream: trio.SocketStream, conn: WSConnection) -> None:
 
 
 async def _handle(recording: Recording, rate: float, stream: trio.SocketStream) -> None:
-    # wsproto directly rather than trio-websocket's send_message (~78 us a message here,
-    # which made this server the bottleneck of the ingest benchmark): frames are encoded
-    # once and written ~1 MiB at a time.
+    # wsproto for the handshake, then the pre-encoded frames written ~1 MiB at a time:
+    # trio-websocket's send_message cost ~78 us a message here, which made this server the
+    # bottleneck of the ingest benchmark; encoding at send time still cost ~10 us a frame.
     conn = WSConnection(ConnectionType.SERVER)
     async with stream:
         try:
@@ -138,8 +149,7 @@ async def _handle(recording: Recording, rate: float, stream: trio.SocketStream) 
                     + conn.send(CloseConnection(code=1008, reason="FutureCursor")))
                 return
             interval = 1 / rate if rate > 0 else 0.0
-            frames = recording.frames[recording.start_index(cursor):]
-            for chunk in _chunks(conn, frames, rate):
+            for chunk in recording.chunks(cursor, paced=rate > 0):
                 await stream.send_all(chunk)
                 if interval:
                     await trio.sleep(interval)
