@@ -77,10 +77,11 @@ def _database(settings: config.Settings) -> Iterator[config.Settings]:
         yield dataclasses.replace(settings, database_url=url)
 
 
-def _migrate(settings: config.Settings) -> None:
+def _migrate(settings: config.Settings, always: bool = False) -> None:
     if db.create_database_if_missing(settings.database_url):
         log.info("created database %s", settings.database_url)
-    db.migrate(settings.sqlalchemy_url)
+    if always or not db.at_head(settings.database_url):
+        db.migrate(settings.sqlalchemy_url)
 
 
 def _tokens(settings: config.Settings, args: argparse.Namespace) -> int:
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _with_database(settings: config.Settings, args: argparse.Namespace) -> int:
     if args.command == "migrate":
-        _migrate(settings)
+        _migrate(settings, always=True)
         return 0
     if args.command == "tokens":
         _migrate(settings)

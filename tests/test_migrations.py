@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from alembic.script import ScriptDirectory
+
 from alembic import command
 from skywire_trio.log import db
 
@@ -14,18 +16,26 @@ TABLES = ("SELECT relname FROM pg_class WHERE (relname LIKE 'firehose%' "
 def test_upgrade_downgrade_upgrade():
     with fresh_database(migrate=False) as url:
         cfg = db.alembic_config("postgresql+psycopg://" + url.split("://", 1)[1])
+        assert not db.at_head(url)  # a fresh database gets migrated at start
         command.upgrade(cfg, "head")
+        assert db.at_head(url)  # ... and later starts skip alembic
         assert [r[0] for r in query(url, TABLES)] == [
             "api_tokens", "firehose_cursor", "firehose_events", "firehose_events_default"]
         query(url, "INSERT INTO firehose_cursor (upstream) VALUES ('ws://x')")
         command.downgrade(cfg, "base")
         assert query(url, TABLES) == []
+        assert not db.at_head(url)
         command.upgrade(cfg, "head")
         assert len(query(url, TABLES)) == 4
         indexes = {r[0] for r in query(
             url, "SELECT indexname FROM pg_indexes WHERE tablename = 'firehose_events'")}
         assert {"firehose_events_id_idx", "firehose_events_collection_id_idx",
                 "firehose_events_repo_id_idx", "firehose_events_event_type_id_idx"} <= indexes
+
+
+def test_head_revision_is_the_newest_migration():
+    script = ScriptDirectory.from_config(db.alembic_config("postgresql+psycopg://unused/x"))
+    assert script.get_heads() == [db.HEAD_REVISION]
 
 
 def test_cursor_table_holds_one_row(database):

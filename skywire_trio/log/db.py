@@ -12,18 +12,21 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import trio
 import triopg
-from alembic.config import Config
 from psycopg import sql
-
-from alembic import command
 
 from ..firehose.codec import Row
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 ROOT = Path(__file__).resolve().parents[2]
+# The newest revision in alembic/versions (tests/test_migrations.py checks that it is).
+HEAD_REVISION = "0002"
 COLUMNS = ("id", "seq", "repo", "event_type", "action", "collection", "rkey", "cid", "rev",
            "record", "record_error", "raw", "event_time", "indexed_at")
 NOTIFY_CHANNEL = "skywire_events"
@@ -78,6 +81,8 @@ def create_database_if_missing(database_url: str) -> bool:
 
 def alembic_config(sqlalchemy_url: str) -> Config:
     """An alembic Config for this repository's migrations, aimed at one database."""
+    from alembic.config import Config
+
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.attributes["url"] = sqlalchemy_url
     return cfg
@@ -85,7 +90,21 @@ def alembic_config(sqlalchemy_url: str) -> Config:
 
 def migrate(sqlalchemy_url: str, revision: str = "head") -> None:
     """Upgrade the schema to ``revision`` (head by default)."""
+    # Imported here: alembic and SQLAlchemy are ~0.25 s of the service's ~1 s start, and a
+    # database already at head (every start but the first after an upgrade) skips them.
+    from alembic import command
+
     command.upgrade(alembic_config(sqlalchemy_url), revision)
+
+
+def at_head(database_url: str) -> bool:
+    """Whether the schema is already at ``HEAD_REVISION`` (no migration to run)."""
+    with psycopg.connect(database_url) as conn:
+        exists = conn.execute("SELECT to_regclass('alembic_version')").fetchone()
+        if exists is None or exists[0] is None:
+            return False
+        versions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    return versions == [(HEAD_REVISION,)]
 
 
 def partition_name(day: date) -> str:
