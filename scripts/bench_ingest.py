@@ -14,7 +14,7 @@ frames with fresh contiguous seqs (``tests.support.renumbered``):
    record in ``car.blocks``; and, as a second figure, the same plus
    ``models.get_or_create(record, strict=False)`` (the SDK's typed record models, as in its
    firehose examples). Decode only, no storage.
-3. The harness's ceiling: the replay server feeding a trio-websocket client (the service's
+3. The harness's ceiling: the replay server feeding a trio-websocket client (the receiver's
    settings) that only receives -- no decode, no database. End to end cannot beat this.
 4. End to end: a fresh migrated database, ``python -m skywire_trio replay`` serving the
    recording, and ``python -m skywire_trio`` (the service, a real process) ingesting it; timed
