@@ -63,6 +63,7 @@ from benchlib import machine_busy_seconds, proc_cpu_seconds, wait_until_quiet  #
 from skywire_trio.firehose.codec import decode_frame  # noqa: E402
 from skywire_trio.firehose.framefile import write_frames  # noqa: E402
 from tests.support import (  # noqa: E402
+    child_processes,
     fresh_database,
     query,
     relay_frames,
@@ -136,23 +137,6 @@ def proc_status(pid: int, key: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-def children_matching(word: str, parent: int | None = None) -> list[int]:
-    """Pids of the child processes of ``parent`` (default: this script) running ``word``."""
-    me = os.getpid() if parent is None else parent
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == me and word in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def source_state() -> str:
@@ -246,7 +230,7 @@ def websocket_ceiling(recording: Path, frames: int) -> tuple[float, float, float
             return seconds
 
     with replay_process(recording) as relay_url:
-        pids = children_matching("replay")
+        pids = child_processes(os.getpid(), "replay")
         cpu0 = sum(proc_cpu_seconds(p) for p in pids)
         meter, client0 = LoadMeter(), time.process_time()
         seconds = trio.run(receive_all, relay_url + "/xrpc/com.atproto.sync.subscribeRepos")
@@ -287,7 +271,7 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
     result = EndToEnd()
     log_path = workdir / "service.log"
     with fresh_database() as url, replay_process(recording) as relay_url:
-        replay_pids = children_matching("replay")
+        replay_pids = child_processes(os.getpid(), "replay")
         env = service_env(url, relay_url, workdir)
         replay_cpu0 = sum(proc_cpu_seconds(p) for p in replay_pids)
         busy0 = machine_busy_seconds()
@@ -305,7 +289,7 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
                     row = conn.execute(
                         "SELECT last_seq, last_id FROM firehose_cursor").fetchone()
                     if len(result.samples) % 25 == 0:
-                        receivers.update(children_matching("receiver", service.pid))
+                        receivers.update(child_processes(service.pid, "receiver"))
                         backends.update(pid for (pid,) in conn.execute(
                             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                             " AND pid <> pg_backend_pid()").fetchall())
@@ -323,7 +307,7 @@ def run_end_to_end(recording: Path, last_seq: int, events: int, timeout: float,
                 busy1 = machine_busy_seconds()
                 result.bench_cpu = time.process_time() - bench0
                 result.machine_cpu = busy1 - busy0
-                receivers.update(children_matching("receiver", service.pid))
+                receivers.update(child_processes(service.pid, "receiver"))
                 result.receiver_rss_kb = max((proc_status(p, "VmHWM") or 0 for p in receivers),
                                              default=0)
                 result.peak_rss_kb = (proc_status(service.pid, "VmHWM") or 0) + \

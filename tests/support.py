@@ -117,6 +117,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _stat_fields(proc_dir: Path) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name; None once the process is gone."""
+    try:
+        return (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def is_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (nobody may reap an orphan here)."""
+    fields = _stat_fields(Path("/proc") / str(pid))
+    return fields is not None and fields[0] != "Z"
+
+
+def child_processes(parent: int, word: str = "") -> list[int]:
+    """The live child processes of ``parent`` whose command line contains ``word``."""
+    found = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        fields = _stat_fields(proc_dir)
+        if fields is None or fields[1] != str(parent) or fields[0] == "Z":
+            continue
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # it ended while we looked
+        if word in cmdline:
+            found.append(int(proc_dir.name))
+    return found
+
+
 def start_service(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Start ``python -m skywire_trio`` as a real process, logging to ``log_path``."""
     log = log_path.open("ab")

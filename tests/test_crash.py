@@ -6,13 +6,14 @@ import os
 import random
 import signal
 import time
-from pathlib import Path
 
 from skywire_trio.firehose.framefile import write_frames
 
 from .support import (
     PDS_CAPTURE,
+    child_processes,
     expected_rows,
+    is_running,
     query,
     relay_frames,
     renumbered,
@@ -25,27 +26,6 @@ from .support import (
 )
 
 N = 3000
-
-
-def child_processes(pid: int) -> list[int]:
-    """The live child processes of ``pid``."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # it ended while we looked
-        if fields[1] == str(pid) and fields[0] != "Z":
-            children.append(int(stat.parent.name))
-    return children
-
-
-def is_running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (nobody may reap an orphan here)."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(database, tmp_path):
