@@ -435,7 +435,8 @@ def sql_costs(url: str, head: int) -> list[str]:
     ``id, record::text`` (the stored record, serialised), so the difference is what building
     each event's JSON object in PostgreSQL costs on top of reading and serialising the rows.
     """
-    from skywire_trio.log.db import EventFilter, _event_query
+    from skywire_trio.log.reader import event_query as _event_query
+    from skywire_trio.types import EventFilter
 
     lines = []
     with psycopg.connect(url, autocommit=True) as conn:

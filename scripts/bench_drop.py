@@ -22,8 +22,9 @@ import trio_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from skywire_trio import types  # noqa: E402
 from skywire_trio.firehose.codec import decode_frame  # noqa: E402
-from skywire_trio.log import db  # noqa: E402
+from skywire_trio.log import partition_store, writer
 from skywire_trio.log.batcher import utc_now  # noqa: E402
 from tests.support import fresh_database, query, relay_frames  # noqa: E402
 
@@ -44,7 +45,7 @@ async def _writer(url: str, start_id: int, stop: trio.Event,
                   latencies: list[tuple[float, float]]) -> None:
     rows = [r for f in relay_frames() for r in decode_frame(f).rows]
     batch = (rows * 4)[:500]
-    async with db.connect(url) as store:
+    async with writer.connect(url) as store:
         last_id = start_id
         while not stop.is_set():
             began = time.perf_counter()
@@ -60,7 +61,7 @@ async def _measure(url: str, start_id: int, action: str) -> tuple[float, float, 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_writer, url, start_id, stop, latencies)
         await trio.sleep(2.0)
-        async with db.connect(url) as conn_store:
+        async with writer.connect(url) as conn_store:
             began = time.perf_counter()
             await conn_store._conn.execute(action)  # noqa: SLF001 - benchmark only
             took = time.perf_counter() - began
@@ -84,15 +85,16 @@ def main() -> None:
             today = utc_now().date()
 
             async def setup(days: list) -> None:
-                async with trio_asyncio.open_loop(), db.connect(url) as store:
+                async with trio_asyncio.open_loop(), writer.connect(url) as store, \
+                        partition_store.connect(url) as partitions:
                     await store.claim_cursor("ws://bench")
                     for day in days:
-                        await store.create_partition(day)
+                        await partitions.create_partition(day)
 
             trio.run(setup, [yesterday, today])
-            table = db.partition_name(yesterday)
+            table = types.partition_name(yesterday)
             began = time.perf_counter()
-            query(url, FILL.format(table=table, day=db.day_start(yesterday).isoformat(),
+            query(url, FILL.format(table=table, day=types.day_start(yesterday).isoformat(),
                                    first=1, last=args.rows))
             query(url, f"UPDATE firehose_cursor SET last_id = {args.rows}")
             query(url, "VACUUM ANALYZE firehose_events")
@@ -101,7 +103,7 @@ def main() -> None:
                   f"{time.perf_counter() - began:.1f}s", flush=True)
             sql = (f"DROP TABLE {table}" if method == "drop" else
                    f"DELETE FROM firehose_events WHERE indexed_at < "
-                   f"'{db.day_start(today).isoformat()}'")
+                   f"'{types.day_start(today).isoformat()}'")
 
             async def run(sql: str = sql) -> tuple[float, float, float]:
                 async with trio_asyncio.open_loop():
@@ -109,7 +111,7 @@ def main() -> None:
 
             results[method] = trio.run(run)
             left = query(url, f"SELECT count(*) FROM firehose_events WHERE indexed_at < "
-                              f"'{db.day_start(today).isoformat()}'")[0][0]
+                              f"'{types.day_start(today).isoformat()}'")[0][0]
             assert left == 0, left
     print(f"\n{'method':8} {'seconds':>9} {'worst batch commit during':>27} {'median commit':>14}")
     for method, (took, worst, median) in results.items():

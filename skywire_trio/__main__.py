@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from . import config
-from .log import db
+from .log import cursor, partition_store, schema, tokens, writer
 
 log = logging.getLogger("skywire_trio")
 DEFAULT_RATE_LIMIT = 50
@@ -78,10 +78,10 @@ def _database(settings: config.Settings) -> Iterator[config.Settings]:
 
 
 def _migrate(settings: config.Settings, always: bool = False) -> None:
-    if db.create_database_if_missing(settings.database_url):
+    if schema.create_database_if_missing(settings.database_url):
         log.info("created database %s", settings.database_url)
-    if always or not db.at_head(settings.database_url):
-        db.migrate(settings.sqlalchemy_url)
+    if always or not schema.at_head(settings.database_url):
+        schema.migrate(settings.sqlalchemy_url)
 
 
 def _tokens(settings: config.Settings, args: argparse.Namespace) -> int:
@@ -100,7 +100,7 @@ def _tokens(settings: config.Settings, args: argparse.Namespace) -> int:
             return 2
         token = auth.new_token()
         try:
-            db.create_token(settings.database_url, args.name,
+            tokens.create_token(settings.database_url, args.name,
                             auth.token_hash(settings.api_token_salt, token),
                             parsed.collections, parsed.filter.event_types, parsed.filter.repos,
                             args.rate_limit)
@@ -110,10 +110,10 @@ def _tokens(settings: config.Settings, args: argparse.Namespace) -> int:
         print(token)
         return 0
     if args.tokens_command == "list":
-        for row in db.list_tokens(settings.database_url):
+        for row in tokens.list_tokens(settings.database_url):
             print(json.dumps(row, default=str))
         return 0
-    if not db.revoke_token(settings.database_url, args.name):
+    if not tokens.revoke_token(settings.database_url, args.name):
         print(f"error: no active token named {args.name!r}", file=sys.stderr)
         return 1
     print(f"revoked {args.name}", file=sys.stderr)
@@ -127,7 +127,8 @@ def _partitions(settings: config.Settings, action: str) -> int:
     from .log.partitions import maintain
 
     async def main() -> None:
-        async with trio_asyncio.open_loop(), db.connect(settings.database_url) as store:
+        async with trio_asyncio.open_loop(), \
+                partition_store.connect(settings.database_url) as store:
             if action == "maintain":
                 report = await maintain(store, utc_now(), settings.premake_days,
                                         settings.retention_days)
@@ -147,14 +148,14 @@ def _partitions(settings: config.Settings, action: str) -> int:
 
 def _cursor(settings: config.Settings, args: argparse.Namespace) -> int:
     if args.cursor_command == "show":
-        print(json.dumps(db.show_cursor(settings.database_url), default=str))
+        print(json.dumps(cursor.show_cursor(settings.database_url), default=str))
         return 0
     if args.seq < 0:
         print("error: SEQ must be >= 0", file=sys.stderr)
         return 2
     try:
-        db.set_cursor(settings.database_url, args.seq)
-    except db.WriterActive as exc:
+        cursor.set_cursor(settings.database_url, args.seq)
+    except writer.WriterActive as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"cursor set: the next start resumes after seq {args.seq}", file=sys.stderr)
@@ -168,7 +169,7 @@ def _run(settings: config.Settings) -> int:
     refused: list[BaseException] = []
     try:
         trio.run(run_until_signal, settings)
-    except* db.CursorMismatch as group:  # configuration, not a fault: say it plainly
+    except* writer.CursorMismatch as group:  # configuration, not a fault: say it plainly
         refused.extend(group.exceptions)
     if refused:
         reason = refused[0]

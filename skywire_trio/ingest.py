@@ -24,13 +24,13 @@ from .config import Settings
 from .errors import describe
 from .firehose.codec import Frame
 from .firehose.reader import UpstreamError, read_upstream
-from .log import db
+from .log import writer
 from .log.batcher import run_batcher, utc_now
 from .stats import IngestStats
 
 log = logging.getLogger(__name__)
 
-OpenStore = Callable[[str], AbstractAsyncContextManager[db.LogStore]]
+OpenStore = Callable[[str], AbstractAsyncContextManager[writer.LogStore]]
 
 
 class Backoff:
@@ -51,7 +51,7 @@ class Backoff:
         return random.uniform(step / 2, step)
 
 
-async def run_ingest_once(settings: Settings, store: db.LogStore, stats: IngestStats,
+async def run_ingest_once(settings: Settings, store: writer.LogStore, stats: IngestStats,
                           clock: Callable[[], datetime] = utc_now) -> None:
     """One ingest nursery: resume after the committed cursor until something fails."""
     await store.lock_writer()
@@ -74,7 +74,7 @@ async def run_ingest_once(settings: Settings, store: db.LogStore, stats: IngestS
 
 
 async def supervise_ingest(settings: Settings, stats: IngestStats,
-                           open_store: OpenStore = db.connect,
+                           open_store: OpenStore = writer.connect,
                            clock: Callable[[], datetime] = utc_now,
                            *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
@@ -86,7 +86,7 @@ async def supervise_ingest(settings: Settings, stats: IngestStats,
         try:
             async with open_store(settings.database_url) as store:
                 await run_ingest_once(settings, store, stats, clock)
-        except db.CursorMismatch:
+        except writer.CursorMismatch:
             raise  # configuration, not a transient fault: stop with the message
         except Exception as exc:  # every other failure means: restart from the cursor
             if isinstance(exc, UpstreamError):

@@ -1,6 +1,7 @@
 """The service nursery: everything ``python -m skywire_trio run`` keeps alive.
 
     service nursery (until SIGINT/SIGTERM)
+    ├── commit-feed        follows commits for every in-process reader (log/notify.py)
     ├── api                quart-trio app on hypercorn's trio worker (api/server.py)
     ├── partition-manager  premakes daily partitions on a timer
     └── ingest supervisor  (see ingest.py)
@@ -23,8 +24,9 @@ import trio_asyncio
 from .api.server import serve_api
 from .config import Settings
 from .ingest import OpenStore, supervise_ingest
-from .log import db
+from .log import reader, writer
 from .log.batcher import utc_now
+from .log.notify import CommitFeed
 from .log.partitions import manage_partitions
 from .stats import IngestStats
 
@@ -38,7 +40,7 @@ class Running:
     api_url: str
 
 
-async def serve(settings: Settings, open_store: OpenStore = db.connect,
+async def serve(settings: Settings, open_store: OpenStore = writer.connect,
                 clock: Callable[[], datetime] = utc_now, *,
                 task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every long-lived task until cancelled; reports ``Running`` when ready.
@@ -51,8 +53,12 @@ async def serve(settings: Settings, open_store: OpenStore = db.connect,
         async with open_store(settings.database_url) as store:
             # Refuse early, with the message, if the cursor belongs to another upstream.
             await store.claim_cursor(settings.subscribe_url, settings.reset_cursor)
-        async with trio.open_nursery() as nursery:
-            api_url = await nursery.start(serve_api, settings, stats)
+        async with reader.open_read_store(settings.database_url,
+                                          settings.api_pool_size) as read_store, \
+                trio.open_nursery() as nursery:
+            feed = CommitFeed(read_store)
+            await nursery.start(feed.run, settings.database_url)
+            api_url = await nursery.start(serve_api, settings, stats, read_store, feed)
             await nursery.start(manage_partitions, settings, clock, stats)
             await nursery.start(supervise_ingest, settings, stats, open_store, clock)
             task_status.started(Running(stats, api_url))

@@ -17,7 +17,7 @@ import psycopg
 
 from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.framefile import read_frames
-from skywire_trio.log import db
+from skywire_trio.log import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SKYWIRE_SHARED", ROOT.parent / "shared"))
@@ -79,7 +79,7 @@ def fresh_database(admin_url: str = ADMIN_URL, migrate: bool = True) -> Iterator
         port=info.get("port", 5432), dbname=name)
     try:
         if migrate:
-            db.migrate("postgresql+psycopg://" + url.split("://", 1)[1])
+            schema.migrate("postgresql+psycopg://" + url.split("://", 1)[1])
         yield url
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:

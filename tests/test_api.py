@@ -11,11 +11,13 @@ import pytest
 import trio
 import trio_asyncio
 
+from skywire_trio import types
 from skywire_trio.api import auth
 from skywire_trio.config import Settings
 from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.replay import serve_replay
-from skywire_trio.log import db
+from skywire_trio.log import tokens as token_store
+from skywire_trio.log import writer
 from skywire_trio.log.batcher import utc_now
 from skywire_trio.service import serve
 
@@ -39,8 +41,9 @@ class Api:
 
 def _make_token(database: str, name: str, rate: int = 100_000, **scope: list[str]) -> str:
     token = auth.new_token()
-    db.create_token(database, name, auth.token_hash(SALT, token), scope.get("collections", []),
-                    scope.get("event_types", []), scope.get("repos", []), rate)
+    token_store.create_token(database, name, auth.token_hash(SALT, token),
+                             scope.get("collections", []), scope.get("event_types", []),
+                             scope.get("repos", []), rate)
     return token
 
 
@@ -57,10 +60,10 @@ async def api(database, nursery, tmp_path):
                      == [(total_rows,)], 30)
     # Spread the log over two days so that paging crosses a partition boundary.
     yesterday = (utc_now() - timedelta(days=1)).date()
-    name = db.partition_name(yesterday)
+    name = types.partition_name(yesterday)
     query(database, f"CREATE TABLE {name} PARTITION OF firehose_events FOR VALUES FROM "
-                    f"('{db.day_start(yesterday).isoformat()}') TO "
-                    f"('{db.day_start(yesterday + timedelta(days=1)).isoformat()}')")
+                    f"('{types.day_start(yesterday).isoformat()}') TO "
+                    f"('{types.day_start(yesterday + timedelta(days=1)).isoformat()}')")
     query(database, "UPDATE firehose_events SET indexed_at = indexed_at - interval '1 day' "
                     "WHERE id <= 250")
     tokens = {
@@ -71,7 +74,7 @@ async def api(database, nursery, tmp_path):
         "slow": _make_token(database, "slow", rate=2),
         "revoked": _make_token(database, "revoked"),
     }
-    assert db.revoke_token(database, "revoked")
+    assert token_store.revoke_token(database, "revoked")
     yield Api(running.api_url, database, tokens, settings)
 
 
@@ -163,7 +166,7 @@ async def test_long_poll_wakes_on_commit_and_times_out(api):
             assert "body" not in result
             # A real batch commit through the writer (COPY + cursor + NOTIFY).
             row = decode_frame(relay_frames()[0]).rows[0]
-            async with trio_asyncio.open_loop(), db.connect(api.database) as store:
+            async with trio_asyncio.open_loop(), writer.connect(api.database) as store:
                 await store.append([row], None, last_id, utc_now())
             committed = trio.current_time()
         assert [e["id"] for e in result["body"]["events"]] == [last_id + 1]
@@ -194,7 +197,7 @@ async def test_revoked_token_gets_401_immediately(api):
     async with httpx.AsyncClient(base_url=api.url,
                                  headers={"Authorization": f"Bearer {token}"}) as client:
         assert (await client.get("/events")).status_code == 200
-        assert db.revoke_token(api.database, "short-lived")
+        assert token_store.revoke_token(api.database, "short-lived")
         assert (await client.get("/events")).status_code == 401
 
 

@@ -10,7 +10,7 @@ import trio
 
 from skywire_trio.config import Settings
 from skywire_trio.firehose.replay import serve_replay
-from skywire_trio.log import db
+from skywire_trio.log import writer
 from skywire_trio.service import serve
 
 from .faults import Fault, ScriptedServer, wait_until
@@ -32,7 +32,7 @@ def _complete(url: str, last_seq: int):
 
 
 async def _run(server: ScriptedServer, settings_for, url: str, last_seq: int,
-               open_store=db.connect, timeout: float = 30):
+               open_store=writer.connect, timeout: float = 30):
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.serve)
         settings = settings_for(port)
@@ -88,7 +88,7 @@ async def test_future_cursor_waits_for_upstream(database, tmp_path):
 class SlowStore:
     """A real LogStore whose first appends are slow: the batcher falls behind."""
 
-    def __init__(self, store: db.LogStore, slow_calls: list[int]) -> None:
+    def __init__(self, store: writer.LogStore, slow_calls: list[int]) -> None:
         self._store = store
         self._slow_calls = slow_calls
 
@@ -109,7 +109,7 @@ async def test_overflow_restarts_from_committed_cursor(database, tmp_path):
 
     @asynccontextmanager
     async def slow_store(url: str) -> AsyncIterator[SlowStore]:
-        async with db.connect(url) as store:
+        async with writer.connect(url) as store:
             yield SlowStore(store, slow_calls)
 
     server = ScriptedServer(frames, [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic.script import ScriptDirectory
 
 from alembic import command
-from skywire_trio.log import db
+from skywire_trio.log import schema
 
 from .support import fresh_database, query
 
@@ -15,16 +15,16 @@ TABLES = ("SELECT relname FROM pg_class WHERE (relname LIKE 'firehose%' "
 
 def test_upgrade_downgrade_upgrade():
     with fresh_database(migrate=False) as url:
-        cfg = db.alembic_config("postgresql+psycopg://" + url.split("://", 1)[1])
-        assert not db.at_head(url)  # a fresh database gets migrated at start
+        cfg = schema.alembic_config("postgresql+psycopg://" + url.split("://", 1)[1])
+        assert not schema.at_head(url)  # a fresh database gets migrated at start
         command.upgrade(cfg, "head")
-        assert db.at_head(url)  # ... and later starts skip alembic
+        assert schema.at_head(url)  # ... and later starts skip alembic
         assert [r[0] for r in query(url, TABLES)] == [
             "api_tokens", "firehose_cursor", "firehose_events", "firehose_events_default"]
         query(url, "INSERT INTO firehose_cursor (upstream) VALUES ('ws://x')")
         command.downgrade(cfg, "base")
         assert query(url, TABLES) == []
-        assert not db.at_head(url)
+        assert not schema.at_head(url)
         command.upgrade(cfg, "head")
         assert len(query(url, TABLES)) == 4
         indexes = {r[0] for r in query(
@@ -34,8 +34,8 @@ def test_upgrade_downgrade_upgrade():
 
 
 def test_head_revision_is_the_newest_migration():
-    script = ScriptDirectory.from_config(db.alembic_config("postgresql+psycopg://unused/x"))
-    assert script.get_heads() == [db.HEAD_REVISION]
+    script = ScriptDirectory.from_config(schema.alembic_config("postgresql+psycopg://unused/x"))
+    assert script.get_heads() == [schema.HEAD_REVISION]
 
 
 def test_cursor_table_holds_one_row(database):

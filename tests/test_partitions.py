@@ -11,10 +11,11 @@ import httpx
 import trio
 import trio_asyncio
 
+from skywire_trio import types
 from skywire_trio.config import ConfigError, Settings, from_env
 from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.replay import serve_replay
-from skywire_trio.log import db
+from skywire_trio.log import writer
 from skywire_trio.service import serve
 
 from .faults import wait_until
@@ -72,7 +73,7 @@ async def test_days_pass_window_moves_expired_days_drop_ingest_continues(databas
     clock = FakeClock(datetime(2026, 3, 1, 12, tzinfo=UTC))
     port = await nursery.start(serve_replay, frames, "127.0.0.1", 0, 400.0)  # ~7.5 s of feed
     settings = _settings(database, port, tmp_path)
-    await nursery.start(serve, settings, db.connect, clock)
+    await nursery.start(serve, settings, writer.connect, clock)
 
     def last_id() -> int:
         return query(database, "SELECT last_id FROM firehose_cursor")[0][0]
@@ -86,11 +87,11 @@ async def test_days_pass_window_moves_expired_days_drop_ingest_continues(databas
         history.update(snapshot)
         clock.now += timedelta(days=1)
         today = clock.now.date()
-        window = {db.partition_name(today + timedelta(days=n)) for n in range(3)}
+        window = {types.partition_name(today + timedelta(days=n)) for n in range(3)}
         await wait_until(lambda w=window: w <= _partitions(database), 10)
         cutoff = clock.now - timedelta(days=2)
         await wait_until(lambda c=cutoff: all(
-            db.day_start(datetime.strptime(p[17:], "%Y%m%d").date() + timedelta(days=1)) > c
+            types.day_start(datetime.strptime(p[17:], "%Y%m%d").date() + timedelta(days=1)) > c
             for p in _partitions(database) if p != "firehose_events_default"), 10)
         # The surviving partitions hold exactly the rows they held before the pass.
         now_rows = _rows_by_partition(database)
@@ -123,7 +124,7 @@ async def test_default_partition_rows_are_reported_and_moved(database, nursery, 
     # Force rows into the default partition: a commit stamped 30 days ahead (clock skew).
     skewed = datetime.now(UTC) + timedelta(days=30)
     rows = [r for f in relay_frames()[:20] for r in decode_frame(f).rows]
-    async with trio_asyncio.open_loop(), db.connect(database) as store:
+    async with trio_asyncio.open_loop(), writer.connect(database) as store:
         cursor = await store.claim_cursor(settings.subscribe_url)
         await store.append(rows, None, cursor.last_id, skewed)
     before = query(database, "SELECT id, seq, rkey, cid FROM firehose_events ORDER BY id")
@@ -147,12 +148,12 @@ async def test_default_partition_rows_are_reported_and_moved(database, nursery, 
                                   capture_stderr=True)
     out = done.stdout.decode()
     assert f"moved {len(rows)} row(s)" in out and "0 left there" in out
-    assert db.partition_name(skewed.date()) in out
+    assert types.partition_name(skewed.date()) in out
     assert query(database, "SELECT count(*) FROM firehose_events_default") == [(0,)]
     assert query(database, "SELECT id, seq, rkey, cid FROM firehose_events ORDER BY id") == before
     moved_to = {r[0] for r in query(database, "SELECT DISTINCT tableoid::regclass::text "
                                               "FROM firehose_events")}
-    assert moved_to == {db.partition_name(skewed.date())}
+    assert moved_to == {types.partition_name(skewed.date())}
 
 
 async def test_paging_across_a_drop_says_events_were_skipped(database, nursery, tmp_path):
@@ -162,7 +163,7 @@ async def test_paging_across_a_drop_says_events_were_skipped(database, nursery, 
     clock = FakeClock(datetime.now(UTC) - timedelta(days=1))
     running = await nursery.start(serve, _settings(database, port, tmp_path, retention_days=1,
                                                    partition_interval=0.1),
-                                  db.connect, clock)
+                                  writer.connect, clock)
     await wait_until(lambda: query(database, "SELECT last_id FROM firehose_cursor")[0][0] >= 100,
                      10)
     token = _make_token(database, "reader")
@@ -175,7 +176,7 @@ async def test_paging_across_a_drop_says_events_were_skipped(database, nursery, 
         old_day = clock.now.date()
         old_max = query(database, "SELECT max(id) FROM firehose_events")[0][0]
         clock.now += timedelta(days=2)
-        await wait_until(lambda: db.partition_name(old_day) not in _partitions(database), 10)
+        await wait_until(lambda: types.partition_name(old_day) not in _partitions(database), 10)
         await wait_until(lambda: query(database, "SELECT min(id) FROM firehose_events")[0][0]
                          is not None, 20)
         oldest = query(database, "SELECT min(id) FROM firehose_events")[0][0]

@@ -18,8 +18,10 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..log.db import ReadSession, ReadStore, Token
+from ..log.notify import CommitFeed
+from ..log.reader import ReadSession, ReadStore
 from ..stats import IngestStats
+from ..types import Token
 from . import auth, params
 from .errors import ApiError
 from .openapi import OPENAPI
@@ -29,22 +31,6 @@ from .prometheus import render_metrics
 DB_ERRORS = (OSError, PostgresError, InterfaceError, trio.TooSlowError, TimeoutError)
 # last_used_at is written at most this often per token: a write per request is not worth it.
 TOUCH_INTERVAL = 60.0
-
-
-class CommitSignal:
-    """Wakes long-polling requests when a batch is committed."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def fire(self) -> None:
-        """Wake every waiter."""
-        self._event.set()
-        self._event = trio.Event()
-
-    async def wait(self) -> None:
-        """Sleep until the next ``fire``."""
-        await self._event.wait()
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -58,7 +44,7 @@ class ApiState:
 
     store: ReadStore
     stats: IngestStats
-    commits: CommitSignal
+    feed: CommitFeed
     salt: str
     stall_seconds: float = 60.0  # disconnected, or buffered work without a commit, this long
     limiter: auth.RateLimiter = dataclasses.field(default_factory=auth.RateLimiter)
@@ -79,6 +65,7 @@ async def _authenticate(state: ApiState, session: ReadSession) -> Token:
 
 
 async def _events(state: ApiState) -> Response:
+    seen = state.feed.head  # before the query: a commit after it wakes a long-poll
     async with state.store.session() as session:
         token = await _authenticate(state, session)
         parsed = params.parse_events(request.args.to_dict(flat=False))
@@ -94,13 +81,13 @@ async def _events(state: ApiState) -> Response:
             if oldest is not None and oldest > event_filter.since + 1:
                 skipped = b',"skipped":%d' % (oldest - event_filter.since - 1)
     if not page.count and parsed.wait > 0:
-        # Long-poll without holding a connection: woken by each committed batch
-        # (LISTEN/NOTIFY), re-checked every few seconds in case a notification was missed
-        # while the listener reconnected.
+        # Long-poll without holding a connection: woken by each committed batch (the
+        # commit feed re-reads the head every few seconds in case a notification was
+        # missed while its listener reconnected).
         with trio.move_on_after(parsed.wait):
             while not page.count:
-                with trio.move_on_after(5.0):
-                    await state.commits.wait()
+                await state.feed.wait_past(seen)
+                seen = state.feed.head
                 async with state.store.session() as session:
                     page = await session.events(event_filter)
     cursor = page.last_id if page.count else event_filter.since

@@ -14,7 +14,7 @@ import secrets
 
 import trio
 
-from ..log.db import EventFilter, Token
+from ..types import EventFilter, Token
 from .errors import ApiError
 
 TOKEN_PREFIX = "swt_"

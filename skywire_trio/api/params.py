@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from ..log.db import EventFilter
+from ..types import EventFilter
 from .errors import ApiError
 
 __all__ = ["ApiError", "EventsRequest", "parse_events", "split_collections"]

@@ -1,6 +1,6 @@
 """The batcher: frames from the reader into the log, 500 events or 100 ms at a time.
 
-Each flush is one transaction (COPY + cursor update, see ``db.LogStore.append``). Nothing
+Each flush is one transaction (COPY + cursor update, see ``writer.LogStore.append``). Nothing
 is acknowledged before that commit: if anything fails, ingestion restarts from the cursor
 that was committed, and the relay replays the rest.
 """
@@ -15,7 +15,8 @@ import trio
 from ..config import Settings
 from ..firehose.codec import Frame, Row
 from ..stats import IngestStats
-from .db import Cursor, LogStore
+from ..types import Cursor
+from .writer import LogStore
 
 
 def utc_now() -> datetime:

@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 
 import trio
 
+from .. import types
 from ..config import Settings
 from ..errors import describe
 from ..stats import IngestStats
-from . import db
+from . import partition_store
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class MaintenanceReport:
                 f"{self.default_rows} left there")
 
 
-async def maintain(store: db.LogStore, now: datetime, premake_days: int,
+async def maintain(store: partition_store.PartitionStore, now: datetime, premake_days: int,
                    retention_days: int) -> MaintenanceReport:
     """One pass: premake today + ``premake_days``, move default rows, drop expired days."""
     existing = {p.name for p in await store.partitions()}
@@ -51,7 +52,7 @@ async def maintain(store: db.LogStore, now: datetime, premake_days: int,
     days = await store.default_days()
     days += [today + timedelta(days=n) for n in range(premake_days + 1)]
     for day in days:
-        name = db.partition_name(day)
+        name = types.partition_name(day)
         if name not in existing:
             moved += await store.create_partition(day)
             existing.add(name)
@@ -80,7 +81,7 @@ async def manage_partitions(settings: Settings, clock: Callable[[], datetime],
     first = True
     while True:
         try:
-            async with db.connect(settings.database_url) as store:
+            async with partition_store.connect(settings.database_url) as store:
                 report = await maintain(store, clock(), settings.premake_days,
                                         settings.retention_days)
             if report.created or report.dropped or report.moved_rows:

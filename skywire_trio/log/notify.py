@@ -1,0 +1,160 @@
+"""The commit feed: one LISTEN connection and one read of each committed batch, shared.
+
+Every in-process reader of the log (long-polls, websocket subscribers, webhook delivery,
+the publisher) follows commits through one ``CommitFeed``: a single connection LISTENs for
+the writer's notifications, and each committed range of ids is read once and broadcast
+to the subscribers, which match it in memory. A thousand waiting readers therefore cost
+one query per commit, not a thousand.
+
+A subscriber that cannot keep up is cut off (its channel is closed) rather than slowing
+the feed or the others; it then reads pages of its own from the log and subscribes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+import triopg
+
+from ..errors import describe
+from ..types import LogEvent
+from .reader import ReadStore
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "skywire_events"
+# Notifications can be missed while the listener reconnects: the head is re-read this often.
+RECHECK_SECONDS = 2.0
+# At most this many events are read and broadcast at once (a long gap is read in steps).
+READ_STEP = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitBatch:
+    """Committed events ``after_id < id <= last_id``, all of them, in id order."""
+
+    after_id: int
+    last_id: int
+    events: list[LogEvent]
+
+
+class FeedSubscription:
+    """A subscriber's view of the feed: batches of events with ids after ``start``."""
+
+    def __init__(self, feed: CommitFeed, start: int, capacity: int) -> None:
+        self.start = start
+        self._feed = feed
+        self._send, self.receive = trio.open_memory_channel[CommitBatch](capacity)
+        self.overflowed = False
+
+    def _offer(self, batch: CommitBatch) -> None:
+        try:
+            self._send.send_nowait(batch)
+        except trio.WouldBlock:
+            # Too slow: cut it off rather than buffer without bound or hold up the others.
+            self.overflowed = True
+            self.close()
+
+    def close(self) -> None:
+        """Stop receiving; what was already delivered stays readable, then EndOfChannel."""
+        self._feed._subscribers.discard(self)
+        self._send.close()
+
+    def __enter__(self) -> FeedSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self.receive.close()
+
+
+class CommitFeed:
+    """Follows the log's head and broadcasts each committed batch to its subscribers."""
+
+    def __init__(self, store: ReadStore, head: int = 0) -> None:
+        self._store = store
+        self.head = head
+        self._subscribers: set[FeedSubscription] = set()
+        self._moved = trio.Event()
+
+    def subscribe(self, capacity: int = 16) -> FeedSubscription:
+        """Receive every batch committed after the current ``head``, in order.
+
+        Readers that start behind subscribe *first*, then read pages from their own
+        position up to ``subscription.start``, then follow the batches: nothing falls
+        between the two.
+        """
+        subscription = FeedSubscription(self, self.head, capacity)
+        self._subscribers.add(subscription)
+        return subscription
+
+    async def wait_past(self, last_id: int) -> None:
+        """Sleep until the head is past ``last_id``."""
+        while self.head <= last_id:
+            await self._moved.wait()
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscriptions are open."""
+        return len(self._subscribers)
+
+    async def _advance(self, new_head: int) -> None:
+        while self.head < new_head:
+            upper = min(new_head, self.head + READ_STEP)
+            events: list[LogEvent] = []
+            if self._subscribers:
+                async with self._store.session() as session:
+                    events = await session.event_range(self.head, upper)
+            batch = CommitBatch(self.head, upper, events)
+            self.head = upper
+            for subscription in list(self._subscribers):
+                subscription._offer(batch)
+            self._moved.set()
+            self._moved = trio.Event()
+
+    async def run(self, database_url: str, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow commits until cancelled (reconnecting when the database drops)."""
+        started = False
+        while True:
+            try:
+                async with self._store.session() as session:
+                    head = await session.head()
+                if not started:
+                    # Readers start at the head as it is now, not at id 0.
+                    self.head = max(self.head, head)
+                await self._advance(head)
+                async with listen_commits(database_url) as notes:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await self._follow(notes)
+            except (OSError, triopg.exceptions.PostgresError,
+                    triopg.exceptions.InterfaceError, TimeoutError) as exc:
+                log.warning("commit feed: %s; retrying", describe(exc))
+            if not started:
+                task_status.started()
+                started = True
+            await trio.sleep(1.0)
+
+    async def _follow(self, notes: trio.MemoryReceiveChannel[str]) -> None:
+        while True:
+            with trio.move_on_after(RECHECK_SECONDS) as scope:
+                note = await notes.receive()
+            if scope.cancelled_caught:
+                async with self._store.session() as session:
+                    await self._advance(await session.head())
+            else:
+                await self._advance(int(note))
+
+
+@asynccontextmanager
+async def listen_commits(database_url: str) -> AsyncIterator[trio.MemoryReceiveChannel[str]]:
+    """Notifications sent by each committed batch (payload: the new last id)."""
+    async with triopg.connect(database_url) as conn, conn.listen(
+            NOTIFY_CHANNEL, max_buffer_size=16) as notes:
+        yield notes

@@ -1,0 +1,148 @@
+"""Reading the log: pages of events by id, the way every reader sees them.
+
+The API, the websocket, the publisher, webhook delivery and the archive all read events
+through here, so an event's JSON is produced in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import triopg
+
+from ..types import Cursor, EventFilter, LogEvent, Page, Partition, Token
+from . import tokens
+from .partition_store import list_partitions
+
+# Postgres writes each event's JSON text by concatenation (about twice as cheap as
+# jsonb_build_object, measured) and a whole page as one UTF-8 value, so the API neither
+# parses stored records nor decodes and re-encodes rows: it wraps the bytes it receives.
+# Deletes carry no record and no cid, as in Jetstream (concat_ws skips NULLs);
+# `record_error` appears only when the record could not be stored.
+EVENT_JSON = """
+'{"id":' || id || ',"seq":' || coalesce(seq::text, 'null')
+|| ',"did":' || coalesce(to_json(repo)::text, 'null')
+|| ',"time_us":' || (extract(epoch FROM indexed_at) * 1000000)::bigint
+|| ',"kind":' || to_json(event_type)::text
+|| CASE WHEN event_type = 'commit' THEN ',"commit":{' || concat_ws(',',
+       '"rev":' || to_json(rev)::text, '"operation":' || to_json(action)::text,
+       '"collection":' || to_json(collection)::text, '"rkey":' || to_json(rkey)::text,
+       '"record":' || record::text, '"cid":' || to_json(cid)::text,
+       '"record_error":' || to_json(record_error)::text) || '}}'
+   ELSE ',' || to_json(event_type)::text || ':' || coalesce(record::text, 'null') || '}'
+   END"""
+
+# Identity and account events pass a collection filter: consumers need them to see
+# deletions and handle changes (an event_type filter can still exclude them).
+# types.EventFilter.matches is the same rule in memory.
+_PASS_COLLECTION_FILTER = "event_type IN ('identity', 'account')"
+
+
+def event_query(f: EventFilter) -> tuple[str, list[object]]:
+    """The SQL and arguments of one page of events matching ``f``."""
+    args: list[object] = [f.since, f.limit]
+    where = ["id > $1"]
+
+    def arg(value: object) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if f.collections or f.prefixes:
+        parts = []
+        if f.collections:
+            parts.append(f"collection = ANY({arg(list(f.collections))}::text[])")
+        if f.prefixes:
+            parts.append(f"collection LIKE ANY({arg(list(f.prefixes))}::text[])")
+        parts.append(_PASS_COLLECTION_FILTER)
+        where.append("(" + " OR ".join(parts) + ")")
+    if f.repos:
+        where.append(f"repo = ANY({arg(list(f.repos))}::text[])")
+    if f.event_types:
+        where.append(f"event_type = ANY({arg(list(f.event_types))}::text[])")
+    if f.action:
+        where.append(f"(action = {arg(f.action)} OR event_type <> 'commit')")
+    sql_text = (f"SELECT count(*), min(id), max(id), convert_to(string_agg(event, ',' "
+                f"ORDER BY id), 'UTF8') FROM (SELECT id, {EVENT_JSON} AS event "
+                f"FROM firehose_events WHERE {' AND '.join(where)} ORDER BY id LIMIT $2) page")
+    return sql_text, args
+
+
+_RANGE_QUERY = (f"SELECT id, event_type, collection, repo, action, "
+                f"(extract(epoch FROM indexed_at) * 1000000)::bigint, "
+                f"convert_to({EVENT_JSON}, 'UTF8') FROM firehose_events "
+                f"WHERE id > $1 AND id <= $2 ORDER BY id")
+
+
+class ReadSession:
+    """One pooled connection for the duration of one request or one read."""
+
+    def __init__(self, conn: triopg._triopg.TrioConnectionProxy) -> None:
+        self._conn = conn
+
+    async def events(self, f: EventFilter) -> Page:
+        """The events matching ``f``, in log order, as one JSON fragment."""
+        sql_text, args = event_query(f)
+        count, first, last, text = await self._conn.fetchrow(sql_text, *args)
+        return Page(count, first, last, text or b"")
+
+    async def event_range(self, after_id: int, last_id: int) -> list[LogEvent]:
+        """Every event with ``after_id < id <= last_id``, in id order, each with its JSON."""
+        rows = await self._conn.fetch(_RANGE_QUERY, after_id, last_id)
+        return [LogEvent(*row) for row in rows]
+
+    async def cursor(self) -> Cursor | None:
+        """The committed cursor (also a liveness probe of the database)."""
+        row = await self._conn.fetchrow("SELECT upstream, last_seq, last_id FROM firehose_cursor")
+        return None if row is None else Cursor(row[0], row[1], row[2])
+
+    async def head(self) -> int:
+        """The id of the last committed event (0 for an empty log)."""
+        return await self._conn.fetchval("SELECT coalesce(max(last_id), 0) FROM firehose_cursor")
+
+    async def token(self, token_hash: bytes) -> Token | None:
+        """The token with this keyed hash, revoked or not."""
+        return await tokens.find_token(self._conn, token_hash)
+
+    async def touch_token(self, name: str) -> None:
+        """Record that a token was used just now."""
+        await tokens.touch_token(self._conn, name)
+
+    async def partitions(self) -> list[Partition]:
+        """Every partition of the log, oldest first, the default partition last."""
+        return await list_partitions(self._conn)
+
+    async def oldest_id(self) -> int | None:
+        """The smallest id still in the log (older days may have been dropped)."""
+        return await self._conn.fetchval("SELECT min(id) FROM firehose_events")
+
+    async def default_rows(self) -> int:
+        """Rows in the default partition (normally none)."""
+        return await self._conn.fetchval("SELECT count(*) FROM firehose_events_default")
+
+
+class ReadStore:
+    """Read-side access: a small pool, one connection per request."""
+
+    def __init__(self, pool: triopg._triopg.TrioPoolProxy) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[ReadSession]:
+        """A connection from the pool for one request."""
+        async with self._pool.acquire() as conn:
+            yield ReadSession(conn)
+
+
+async def _keep(conn: object) -> None:
+    """A connection returns to the pool as it is."""
+
+
+@asynccontextmanager
+async def open_read_store(database_url: str, size: int = 4) -> AsyncIterator[ReadStore]:
+    """A pool for readers. ``min_size=0``: they start even while the database is down."""
+    # reset=_keep: pooled connections hold no session state (LISTEN uses its own
+    # connection), so asyncpg's reset query on every release is a wasted round trip.
+    async with triopg.create_pool(database_url, min_size=0, max_size=size,
+                                  command_timeout=10, reset=_keep) as pool:
+        yield ReadStore(pool)

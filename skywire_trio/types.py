@@ -1,0 +1,144 @@
+"""Shared value types of the log: cursors, filters, pages, tokens, partitions.
+
+No I/O here: these are what ``log/`` returns and what ``api/``, the CLI and the readers
+(fan-out, delivery, archive) pass around, so none of them needs a database module to name
+a type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, date, datetime, time, timedelta
+
+PARTITION_PREFIX = "firehose_events_p"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cursor:
+    """The committed position: upstream seq and the last log id."""
+
+    upstream: str
+    last_seq: int | None
+    last_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EventFilter:
+    """A validated /events query. Prefixes are LIKE patterns (already escaped)."""
+
+    since: int = 0
+    limit: int = 100
+    collections: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    repos: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    action: str | None = None
+
+    def matches(self, event: LogEvent) -> bool:
+        """Whether ``event`` passes this filter (``since`` and ``limit`` aside).
+
+        The same rule as the SQL in ``log/reader.py``: identity and account events pass a
+        collection filter, and an action filter applies to commits only.
+        """
+        if self.collections or self.prefixes:
+            if not (event.event_type in COLLECTION_EXEMPT
+                    or event.collection in self.collections
+                    or any(_like_prefix_match(p, event.collection) for p in self.prefixes)):
+                return False
+        if self.repos and event.repo not in self.repos:
+            return False
+        if self.event_types and event.event_type not in self.event_types:
+            return False
+        return not (self.action and event.event_type == "commit"
+                    and event.action != self.action)
+
+
+# Event types that pass any collection filter (consumers need them to see deletions and
+# handle changes).
+COLLECTION_EXEMPT = frozenset({"identity", "account"})
+
+
+def _like_prefix_match(pattern: str, collection: str | None) -> bool:
+    """``collection`` starts with the prefix of a ``stem%`` LIKE pattern (escapes undone)."""
+    if collection is None:
+        return False
+    stem = pattern[:-1]
+    stem = stem.replace("\\\\", "\0").replace("\\%", "%").replace("\\_", "_")
+    return collection.startswith(stem.replace("\0", "\\"))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogEvent:
+    """One committed event as readers see it: its id, what filters look at, its JSON."""
+
+    id: int
+    event_type: str
+    collection: str | None
+    repo: str | None
+    action: str | None
+    time_us: int
+    json: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """A page of events: how many, the first and last ids, and their JSON, comma-joined."""
+
+    count: int
+    first_id: int | None
+    last_id: int | None
+    json: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    """A stored API token (never the token itself)."""
+
+    name: str
+    token_hash: bytes
+    collections: tuple[str, ...]
+    event_types: tuple[str, ...]
+    repos: tuple[str, ...]
+    rate_limit: int
+    revoked: bool
+
+
+def partition_name(day: date) -> str:
+    """The pg_partman 5 name of the partition holding one UTC day."""
+    return f"{PARTITION_PREFIX}{day:%Y%m%d}"
+
+
+def day_start(day: date) -> datetime:
+    """UTC midnight at the start of ``day``."""
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """One partition of the log."""
+
+    name: str
+    lower: datetime | None  # None for the default partition
+    upper: datetime | None
+    rows_estimate: int
+    bytes: int
+
+    @classmethod
+    def named(cls, name: str, rows: int, size: int) -> Partition:
+        """A partition from its name (daily ones carry their UTC day in it)."""
+        if name.startswith(PARTITION_PREFIX):
+            day = datetime.strptime(name[len(PARTITION_PREFIX):], "%Y%m%d").date()
+            return cls(name, day_start(day), day_start(day + timedelta(days=1)), rows, size)
+        return cls(name, None, None, rows, size)
+
+    def as_json(self, now: datetime) -> dict[str, object]:
+        """The listing entry shared by ``GET /partitions`` and ``partitions list``."""
+        return {
+            "name": self.name,
+            "from": self.lower.isoformat() if self.lower else None,
+            "to": self.upper.isoformat() if self.upper else None,
+            "rows_estimate": self.rows_estimate,
+            "bytes": self.bytes,
+            "current": self.lower is not None and self.lower <= now < self.upper,
+            "default": self.lower is None,
+        }
