@@ -2,20 +2,31 @@
 
 Nothing else in the package reads ``os.environ``; every component receives the
 ``Settings`` it needs as an argument.
+
+Each setting is declared once, as a field of ``Settings`` made by one of the declaration
+helpers below (``integer``, ``seconds``, ``flag``, ``path``, ``url``, ``choice``, ``text``):
+its name, environment variable, type, default, bounds and description live there and
+nowhere else. ``from_env``, the ``config`` command, docs/configuration.md's table and the
+README's short table are all derived from these declarations (tests/test_config.py checks
+the documents). To add a setting, add one field; then regenerate the docs' table with
+``python -m skywire_trio config --markdown``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 DEV_TOKEN_SALT = "skywire-dev-salt"
 DEFAULT_RELAY_URL = "wss://bsky.network"
 SUBSCRIBE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
+_SPEC = "skywire_setting"  # key of a declaration in a dataclass field's metadata
 
 
 class ConfigError(ValueError):
@@ -23,42 +34,209 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """Every knob of the service, with defaults that work on a laptop."""
+class Spec:
+    """How one setting is read from the environment and how it is documented."""
 
-    # None: start the embedded PostgreSQL (pgserver) with its data in ``data_dir``.
-    database_url: str | None = None
-    data_dir: Path = Path("var")
-    environment: str = "development"  # or "production": JSON logs, no default secrets
-    relay_url: str = DEFAULT_RELAY_URL
-    host: str = "127.0.0.1"
-    port: int = 4000
-    retention_days: int = 7
-    premake_days: int = 4
-    # Batcher: flush at this many events or this many seconds after the first one.
-    batch_size: int = 500
-    batch_interval: float = 0.1
+    env: str
+    doc: str
+    # Text -> value; raises ValueError("must be ...") for a bad value (the variable's name is
+    # put in front by from_env). Never called for an unset or empty variable: that is the
+    # default.
+    parse: Callable[[str], Any]
+    accepted: str  # what parse accepts, for the docs
+    default_text: str  # the default as the docs show it (markdown)
+    mask: Callable[[Any], str] | None = None  # for secrets in the ``config`` output
+    common: bool = False  # also listed in the README's short table
+
+
+def _declare(default: Any, spec: Spec) -> Any:
+    # A masked setting stays out of repr(): a logged Settings must not leak a secret.
+    return dataclasses.field(default=default, repr=spec.mask is None, metadata={_SPEC: spec})
+
+
+def _number(value: float) -> str:
+    return f"{value:.15g}"
+
+
+def _integer_parser(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be an integer, got {raw[:200]!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+    return parse
+
+
+def _seconds_parser(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number of seconds, got {raw[:200]!r}") from None
+        if math.isnan(value) or not low <= value <= high:
+            raise ValueError(f"must be between {_number(low)} and {_number(high)}, got {raw!r}")
+        return value
+    return parse
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"must be true or false, got {raw[:200]!r}")
+
+
+def integer(env: str, default: int, low: int, high: int, doc: str, *,
+            common: bool = False) -> int:
+    """An integer setting between ``low`` and ``high``."""
+    return _declare(default, Spec(env, doc, _integer_parser(low, high), f"{low}-{high}",
+                                  f"`{default}`", common=common))
+
+
+def seconds(env: str, default: float, low: float, high: float, doc: str, *,
+            common: bool = False) -> float:
+    """A duration in seconds between ``low`` and ``high``."""
+    return _declare(default, Spec(env, doc, _seconds_parser(low, high),
+                                  f"{_number(low)}-{_number(high)} s", f"`{_number(default)}`",
+                                  common=common))
+
+
+def flag(env: str, doc: str, *, common: bool = False) -> bool:
+    """A boolean setting, false unless set."""
+    return _declare(False, Spec(env, doc, _flag, "true/false/1/0/yes/no", "`false`",
+                                common=common))
+
+
+def path(env: str, default: str, doc: str, *, common: bool = False) -> Path:
+    """A filesystem path."""
+    return _declare(Path(default), Spec(env, doc, Path, "path", f"`{default}`", common=common))
+
+
+def mask_password(url: str) -> str:
+    """``url`` with its password, if any, replaced by asterisks."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":********@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def url(env: str, default: str | None, schemes: tuple[str, ...], doc: str, *,
+        default_text: str | None = None, common: bool = False) -> Any:
+    """A URL with one of ``schemes`` and a host; its password is masked when shown."""
+    def parse(raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes or not parts.hostname:
+            shown = mask_password(raw) if parts.scheme else raw[:200]
+            raise ValueError(f"must be a {' or '.join(schemes)} URL with a host, got {shown!r}")
+        return raw
+
+    accepted = " or ".join(f"`{s}://`" for s in schemes) + " URL with a host"
+    return _declare(default, Spec(
+        env, doc, parse, accepted, default_text or f"`{default}`",
+        mask=lambda value: "(unset)" if value is None else mask_password(value),
+        common=common))
+
+
+def choice(env: str, default: str, choices: tuple[str, ...], doc: str, *,
+           common: bool = False) -> str:
+    """One of a fixed set of words."""
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw[:200]!r}")
+        return raw
+
+    return _declare(default, Spec(env, doc, parse, ", ".join(f"`{c}`" for c in choices),
+                                  f"`{default}`", common=common))
+
+
+def text(env: str, default: str, doc: str, *, pattern: str | None = None,
+         accepted: str = "any text", default_text: str | None = None,
+         mask: Callable[[Any], str] | None = None, common: bool = False) -> str:
+    """Free text, optionally restricted to a regular expression (``accepted`` says which)."""
+    def parse(raw: str) -> str:
+        if pattern is not None and not re.fullmatch(pattern, raw):
+            raise ValueError(f"must be {accepted}, got {raw[:200]!r}")
+        return raw
+
+    return _declare(default, Spec(env, doc, parse, accepted, default_text or f"`{default}`",
+                                  mask=mask, common=common))
+
+
+def _mask_salt(value: str) -> str:
+    return "(development default)" if value == DEV_TOKEN_SALT else "********"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob of the service, with defaults that work on a laptop (one field each)."""
+
+    database_url: str | None = url(
+        "DATABASE_URL", None, ("postgresql", "postgres"),
+        "the log's database; created if missing, migrated on start. Unset: an embedded "
+        "PostgreSQL (pgserver) in `SKYWIRE_DATA_DIR/pgdata` (refused in production)",
+        default_text="unset", common=True)
+    data_dir: Path = path("SKYWIRE_DATA_DIR", "var",
+                          "where the embedded PostgreSQL keeps its data (`pgdata` inside)")
+    environment: str = choice(
+        "SKYWIRE_ENV", "development", ("development", "production"),
+        "`production`: JSON log lines, and `API_TOKEN_SALT` and `DATABASE_URL` must be set",
+        common=True)
+    api_token_salt: str = text(
+        "API_TOKEN_SALT", DEV_TOKEN_SALT,
+        "HMAC key under which tokens are stored; changing it invalidates all tokens",
+        accepted="any; 32+ characters in production", default_text="development default",
+        mask=_mask_salt, common=True)
+    host: str = text("HOST", "127.0.0.1", "API listen address",
+                     pattern=r"[A-Za-z0-9.:\-\[\]]{1,255}", accepted="a host name or IP address",
+                     common=True)
+    port: int = integer("PORT", 4000, 0, 65535, "API listen port (0: any free port)",
+                        common=True)
+    api_pool_size: int = integer("SKYWIRE_API_POOL_SIZE", 4, 1, 100,
+                                 "database connections for the API")
+    stall_seconds: float = seconds(
+        "SKYWIRE_STALL_SECONDS", 60.0, 1.0, 86400.0,
+        "`/health` says 503 `stalled` after the upstream is disconnected this long, or "
+        "buffered events wait this long without a commit")
+    relay_url: str = url(
+        "SKYWIRE_RELAY_URL", DEFAULT_RELAY_URL, ("ws", "wss"),
+        "upstream; the subscribeRepos path is added when the URL has none", common=True)
+    batch_size: int = integer("SKYWIRE_BATCH_SIZE", 500, 1, 100_000,
+                              "flush after this many events", common=True)
+    batch_interval: float = seconds("SKYWIRE_BATCH_INTERVAL", 0.1, 0.001, 60.0,
+                                    "... or this long after the first event of a batch",
+                                    common=True)
     # Reader -> batcher channel, counted in frames (one frame = one commit = up to 200 ops).
-    buffer_frames: int = 2000
-    # How long the reader may stay blocked on a full buffer before ingest is restarted.
-    overflow_grace: float = 10.0
-    # A socket that delivers nothing for this long is treated as dead.
-    read_timeout: float = 30.0
-    backoff_min: float = 1.0
-    backoff_max: float = 60.0
-    # After this long without a failure, the next failure starts again at backoff_min.
-    healthy_after: float = 60.0
-    deadletter_dir: Path = Path("var/deadletter")
-    # Accept a cursor recorded for a different upstream by resetting it.
-    reset_cursor: bool = False
-    # Key of the HMAC under which API tokens are stored. The default is for development.
-    api_token_salt: str = DEV_TOKEN_SALT
-    api_pool_size: int = 4
-    # /health answers 503 after the upstream is disconnected, or buffered work sits without
-    # a commit, for this long.
-    stall_seconds: float = 60.0
-    # How often the partition manager runs a maintenance pass.
-    partition_interval: float = 3600.0
+    buffer_frames: int = integer("SKYWIRE_BUFFER_FRAMES", 2000, 1, 1_000_000,
+                                 "reader -> batcher channel capacity, in frames")
+    overflow_grace: float = seconds(
+        "SKYWIRE_OVERFLOW_GRACE", 10.0, 0.01, 3600.0,
+        "how long the reader may wait on a full buffer before ingest restarts")
+    read_timeout: float = seconds("SKYWIRE_READ_TIMEOUT", 30.0, 0.1, 3600.0,
+                                  "an upstream silent this long is treated as dead")
+    backoff_min: float = seconds("SKYWIRE_BACKOFF_MIN", 1.0, 0.01, 600.0,
+                                 "first reconnect / restart delay (full jitter)")
+    backoff_max: float = seconds("SKYWIRE_BACKOFF_MAX", 60.0, 0.01, 3600.0,
+                                 "longest reconnect / restart delay; at least "
+                                 "`SKYWIRE_BACKOFF_MIN`")
+    healthy_after: float = seconds("SKYWIRE_HEALTHY_AFTER", 60.0, 0.1, 3600.0,
+                                   "a run this long without a failure resets the backoff")
+    deadletter_dir: Path = path("SKYWIRE_DEADLETTER_DIR", "var/deadletter",
+                                "unparseable frames are saved here")
+    reset_cursor: bool = flag("SKYWIRE_RESET_CURSOR",
+                              "start over when the cursor belongs to another upstream")
+    retention_days: int = integer(
+        "SKYWIRE_RETENTION_DAYS", 7, 1, 3650,
+        "partitions whose whole day is older than this are dropped", common=True)
+    premake_days: int = integer("SKYWIRE_PREMAKE_DAYS", 4, 1, 90,
+                                "daily partitions created ahead of today")
+    partition_interval: float = seconds("SKYWIRE_PARTITION_INTERVAL", 3600.0, 1.0, 86400.0,
+                                        "how often the partition manager runs a pass")
 
     @property
     def subscribe_url(self) -> str:
@@ -76,123 +254,83 @@ class Settings:
         return "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
 
     def masked(self) -> dict[str, str]:
-        """The effective configuration as text, secrets masked (``config`` command)."""
+        """The effective configuration by variable name, secrets masked (``config``)."""
         shown = {}
-        for field in dataclasses.fields(self):
+        for field, spec in declarations():
             value = getattr(self, field.name)
-            if field.name == "api_token_salt":
-                value = "(development default)" if value == DEV_TOKEN_SALT else "********"
-            elif field.name == "database_url":
-                value = "(embedded PostgreSQL)" if value is None else _mask_password(value)
-            shown[field.name] = str(value)
+            shown[spec.env] = spec.mask(value) if spec.mask else str(value)
         return shown
 
 
-def _mask_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":********@")
-    return parts._replace(netloc=netloc).geturl()
+def declarations() -> list[tuple[dataclasses.Field[Any], Spec]]:
+    """Every setting's field and declaration, in the order they are documented."""
+    return [(f, f.metadata[_SPEC]) for f in dataclasses.fields(Settings)]
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
-    return value
+# What the commands that need a database read (the rest keep their defaults).
+DATABASE = ("database_url", "data_dir", "environment")
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float,
-           maximum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
-    return value
+def from_env(env: Mapping[str, str] | None = None,
+             only: Iterable[str] | None = None) -> Settings:
+    """Build validated ``Settings`` from an environment mapping (``os.environ`` by default).
 
-
-def _host(env: Mapping[str, str]) -> str:
-    value = env.get("HOST") or "127.0.0.1"
-    if not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]{1,255}", value):
-        raise ConfigError(f"HOST must be a host name or IP address, got {value[:200]!r}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no"):
-        return False
-    if raw in ("1", "true", "yes"):
-        return True
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def _url(env: Mapping[str, str], name: str, default: str | None,
-         schemes: tuple[str, ...]) -> str | None:
-    value = env.get(name) or default
-    if value is None:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.hostname:
-        shown = _mask_password(value) if parts.scheme else value[:200]
-        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host, "
-                          f"got {shown!r}")
-    return value
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = env.get(name) or default
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value[:200]!r}")
-    return value
-
-
-def from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Build validated ``Settings`` from an environment mapping (``os.environ`` by default)."""
+    ``only`` names the fields a command needs: the others are neither read nor checked and
+    keep their defaults (so a bad ``DATABASE_URL`` does not stop ``replay``).
+    """
     env = os.environ if env is None else env
-    settings = Settings(
-        database_url=_url(env, "DATABASE_URL", None, ("postgresql", "postgres")),
-        data_dir=Path(env.get("SKYWIRE_DATA_DIR") or "var"),
-        environment=_choice(env, "SKYWIRE_ENV", "development", ("development", "production")),
-        relay_url=_url(env, "SKYWIRE_RELAY_URL", DEFAULT_RELAY_URL, ("ws", "wss")) or "",
-        host=_host(env),
-        port=_int(env, "PORT", 4000, 0, 65535),
-        retention_days=_int(env, "SKYWIRE_RETENTION_DAYS", 7, 1, 3650),
-        premake_days=_int(env, "SKYWIRE_PREMAKE_DAYS", 4, 1, 90),
-        batch_size=_int(env, "SKYWIRE_BATCH_SIZE", 500, 1, 100_000),
-        batch_interval=_float(env, "SKYWIRE_BATCH_INTERVAL", 0.1, 0.001, 60.0),
-        buffer_frames=_int(env, "SKYWIRE_BUFFER_FRAMES", 2000, 1, 1_000_000),
-        overflow_grace=_float(env, "SKYWIRE_OVERFLOW_GRACE", 10.0, 0.01, 3600.0),
-        read_timeout=_float(env, "SKYWIRE_READ_TIMEOUT", 30.0, 0.1, 3600.0),
-        backoff_min=_float(env, "SKYWIRE_BACKOFF_MIN", 1.0, 0.01, 600.0),
-        backoff_max=_float(env, "SKYWIRE_BACKOFF_MAX", 60.0, 0.01, 3600.0),
-        healthy_after=_float(env, "SKYWIRE_HEALTHY_AFTER", 60.0, 0.1, 3600.0),
-        deadletter_dir=Path(env.get("SKYWIRE_DEADLETTER_DIR") or "var/deadletter"),
-        reset_cursor=_bool(env, "SKYWIRE_RESET_CURSOR"),
-        api_token_salt=env.get("API_TOKEN_SALT") or Settings.api_token_salt,
-        api_pool_size=_int(env, "SKYWIRE_API_POOL_SIZE", 4, 1, 100),
-        stall_seconds=_float(env, "SKYWIRE_STALL_SECONDS", 60.0, 1.0, 86400.0),
-        partition_interval=_float(env, "SKYWIRE_PARTITION_INTERVAL", 3600.0, 1.0, 86400.0),
-    )
-    if settings.backoff_max < settings.backoff_min:
-        raise ConfigError("SKYWIRE_BACKOFF_MAX must not be smaller than SKYWIRE_BACKOFF_MIN")
-    if settings.environment == "production":
-        if settings.api_token_salt == DEV_TOKEN_SALT or len(settings.api_token_salt) < 32:
-            raise ConfigError("API_TOKEN_SALT must be set to a secret of at least 32 characters "
-                              "when SKYWIRE_ENV=production (e.g. `openssl rand -hex 32`)")
-        if settings.database_url is None:
-            raise ConfigError("DATABASE_URL must be set when SKYWIRE_ENV=production "
-                              "(the embedded PostgreSQL is for development)")
+    wanted = None if only is None else set(only)
+    values: dict[str, Any] = {}
+    for field, spec in declarations():
+        if wanted is not None and field.name not in wanted:
+            continue
+        raw = env.get(spec.env)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[field.name] = spec.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{spec.env} {exc}") from None
+    settings = Settings(**values)
+    _check_together(settings, wanted)
     return settings
+
+
+def _check_together(settings: Settings, wanted: set[str] | None) -> None:
+    """The rules that involve more than one setting (for the fields that were read)."""
+    def read(*names: str) -> bool:
+        return wanted is None or set(names) <= wanted
+
+    if read("backoff_min", "backoff_max") and settings.backoff_max < settings.backoff_min:
+        raise ConfigError("SKYWIRE_BACKOFF_MAX must not be smaller than SKYWIRE_BACKOFF_MIN")
+    if settings.environment != "production":
+        return
+    if read("api_token_salt") and (settings.api_token_salt == DEV_TOKEN_SALT
+                                   or len(settings.api_token_salt) < 32):
+        raise ConfigError("API_TOKEN_SALT must be set to a secret of at least 32 characters "
+                          "when SKYWIRE_ENV=production (e.g. `openssl rand -hex 32`)")
+    if read("database_url") and settings.database_url is None:
+        raise ConfigError("DATABASE_URL must be set when SKYWIRE_ENV=production "
+                          "(the embedded PostgreSQL is for development)")
+
+
+def _cell(value: str) -> str:
+    return value.replace("|", "\\|")
+
+
+def markdown_table() -> str:
+    """docs/configuration.md's table of every setting (``config --markdown`` prints it)."""
+    lines = ["| variable | default | accepted | meaning |", "|---|---|---|---|"]
+    for _, spec in declarations():
+        lines.append(f"| `{spec.env}` | {_cell(spec.default_text)} | {_cell(spec.accepted)} | "
+                     f"{_cell(spec.doc)} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_table() -> str:
+    """The README's short table: the settings most runs touch."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for _, spec in declarations():
+        if spec.common:
+            lines.append(f"| `{spec.env}` | {_cell(spec.default_text)} | {_cell(spec.doc)} |")
+    return "\n".join(lines) + "\n"

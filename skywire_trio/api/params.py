@@ -5,8 +5,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from ..identifiers import (
+    ACTIONS,
+    EVENT_TYPES,
+    MAX_VALUES,
+    split_collections,
+    valid_collection,
+    valid_did,
+)
 from ..types import EventFilter
 from .errors import ApiError
 
@@ -15,13 +23,7 @@ __all__ = ["ApiError", "EventsRequest", "parse_events", "split_collections"]
 MAX_LIMIT = 1000
 MAX_WAIT = 30.0
 MAX_ID = 2**63 - 1
-EVENT_TYPES = ("commit", "identity", "account", "sync", "info")
-ACTIONS = ("create", "update", "delete")
-_NSID = re.compile(r"[a-zA-Z]([a-zA-Z0-9-]{0,62})(\.[a-zA-Z0-9-]{1,63}){2,}")
-_NSID_PREFIX = re.compile(r"[a-zA-Z]([a-zA-Z0-9-]{0,62})(\.[a-zA-Z0-9-]{1,63})*\.\*")
-_DID = re.compile(r"did:[a-z]+:[a-zA-Z0-9._:%-]{1,2000}")
 _KNOWN = {"since", "limit", "wait", "collection", "repo", "event_type", "action"}
-_MAX_VALUES = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,34 +66,17 @@ def _wait(raw: str | None) -> float:
     return value
 
 
-def _many(args: Mapping[str, Sequence[str]], name: str, pattern: re.Pattern[str] | None,
+def _many(args: Mapping[str, Sequence[str]], name: str, valid: Callable[[str], bool] | None,
           choices: tuple[str, ...] = ()) -> tuple[str, ...]:
     values = tuple(dict.fromkeys(args.get(name) or []))  # de-duplicated, in order
-    if len(values) > _MAX_VALUES:
-        raise _bad(f"at most {_MAX_VALUES} {name} values")
+    if len(values) > MAX_VALUES:
+        raise _bad(f"at most {MAX_VALUES} {name} values")
     for value in values:
         if choices and value not in choices:
             raise _bad(f"{name} must be one of {', '.join(choices)}")
-        if pattern is not None and not pattern.fullmatch(value):
+        if valid is not None and not valid(value):
             raise _bad(f"{name} {value[:100]!r} is not valid")
     return values
-
-
-def _valid_collection(value: str) -> bool:
-    return bool(_NSID.fullmatch(value) or _NSID_PREFIX.fullmatch(value)) and len(value) <= 317
-
-
-def like_pattern(prefix: str) -> str:
-    """``app.bsky.*`` -> the LIKE pattern ``app.bsky.%`` (LIKE metacharacters escaped)."""
-    stem = prefix[:-1]
-    return stem.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def split_collections(collections: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Exact NSIDs, and LIKE patterns for the ``prefix.*`` entries."""
-    exact = tuple(c for c in collections if not c.endswith(".*"))
-    prefixes = tuple(like_pattern(c) for c in collections if c.endswith(".*"))
-    return exact, prefixes
 
 
 def parse_events(args: Mapping[str, Sequence[str]]) -> EventsRequest:
@@ -100,7 +85,7 @@ def parse_events(args: Mapping[str, Sequence[str]]) -> EventsRequest:
     if unknown:
         raise _bad(f"unknown parameter {unknown[0][:100]!r}")
     collections = _many(args, "collection", None)
-    bad = [c for c in collections if not _valid_collection(c)]
+    bad = [c for c in collections if not valid_collection(c)]
     if bad:
         raise _bad(f"collection {bad[0][:100]!r} is not an NSID or an NSID prefix ending in .*")
     action = _single(args, "action")
@@ -109,7 +94,7 @@ def parse_events(args: Mapping[str, Sequence[str]]) -> EventsRequest:
     event_filter = EventFilter(
         since=_integer(_single(args, "since"), "since", 0, 0, MAX_ID),
         limit=_integer(_single(args, "limit"), "limit", 100, 1, MAX_LIMIT),
-        repos=_many(args, "repo", _DID),
+        repos=_many(args, "repo", valid_did),
         event_types=_many(args, "event_type", None, EVENT_TYPES),
         action=action,
     )
