@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from alembic.script import ScriptDirectory
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from alembic import command
+from alembic.script import ScriptDirectory
+
 from skywire_trio.log import schema
 
-from .support import fresh_database, query
+from .support import ROOT, fresh_database, query
 
 TABLES = ("SELECT relname FROM pg_class WHERE (relname LIKE 'firehose%' "
           "OR relname = 'api_tokens') AND relkind IN ('r', 'p') ORDER BY 1")
@@ -31,6 +36,20 @@ def test_upgrade_downgrade_upgrade():
             url, "SELECT indexname FROM pg_indexes WHERE tablename = 'firehose_events'")}
         assert {"firehose_events_id_idx", "firehose_events_collection_id_idx",
                 "firehose_events_repo_id_idx", "firehose_events_event_type_id_idx"} <= indexes
+
+
+def test_operators_alembic_ini_upgrades_and_downgrades(tmp_path):
+    # `alembic upgrade head` by hand, as README says: the repository's alembic.ini, the
+    # database from DATABASE_URL, run from another directory with -c.
+    alembic = Path(sys.executable).parent / "alembic"
+    with fresh_database(migrate=False) as url:
+        env = {**os.environ, "DATABASE_URL": url}
+        for args in (["upgrade", "head"], ["downgrade", "base"]):
+            result = subprocess.run([alembic, "-c", ROOT / "alembic.ini", *args], cwd=tmp_path,
+                                    env=env, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            assert schema.at_head(url) == (args[0] == "upgrade")
+            assert len(query(url, TABLES)) == (4 if args[0] == "upgrade" else 0)
 
 
 def test_head_revision_is_the_newest_migration():

@@ -15,8 +15,10 @@ from psycopg import sql
 if TYPE_CHECKING:
     from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
-# The newest revision in alembic/versions (tests/test_migrations.py checks that it is).
+# The migrations ship inside the package (skywire_trio/migrations), so an installed wheel can
+# migrate without the source tree; the repository's alembic.ini points at the same directory.
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+# The newest revision in migrations/versions (tests/test_migrations.py checks that it is).
 HEAD_REVISION = "0002"
 
 
@@ -40,10 +42,16 @@ def create_database_if_missing(database_url: str) -> bool:
 
 
 def alembic_config(sqlalchemy_url: str) -> Config:
-    """An alembic Config for this repository's migrations, aimed at one database."""
+    """An alembic Config for the package's migrations, aimed at one database.
+
+    Built in code, with no .ini file: it works the same from the source tree and from an
+    installed wheel.
+    """
     from alembic.config import Config
 
-    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("path_separator", "os")
     cfg.attributes["url"] = sqlalchemy_url
     return cfg
 

@@ -1,11 +1,16 @@
-"""Alembic environment: plain SQL migrations run over SQLAlchemy + psycopg 3."""
+"""Alembic environment: plain SQL migrations run over SQLAlchemy + psycopg 3.
 
-from sqlalchemy import create_engine, pool
+The URL comes from the caller (``schema.alembic_config``, used by ``python -m skywire_trio
+migrate``) or, for ``alembic upgrade head`` with the repository's alembic.ini, from
+``DATABASE_URL`` like the service.
+"""
 
 from alembic import context
+from sqlalchemy import create_engine, pool
+
 from skywire_trio.config import from_env
 
-url = context.config.attributes.get("url") or from_env().sqlalchemy_url
+url = context.config.attributes.get("url") or from_env(only=("database_url",)).sqlalchemy_url
 
 
 def run_migrations_offline() -> None:

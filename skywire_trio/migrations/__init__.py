@@ -1,0 +1,1 @@
+"""Alembic migrations of the log (plain SQL), shipped inside the package."""
