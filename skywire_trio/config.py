@@ -237,6 +237,10 @@ class Settings:
                                 "daily partitions created ahead of today")
     partition_interval: float = seconds("SKYWIRE_PARTITION_INTERVAL", 3600.0, 1.0, 86400.0,
                                         "how often the partition manager runs a pass")
+    progress_interval: float = seconds(
+        "SKYWIRE_PROGRESS_INTERVAL", 30.0, 1.0, 86400.0,
+        "a progress line (events committed, rate, lag, buffer, restarts) this often; it "
+        "also sets the status page's sampling period when shorter than 10 s")
 
     @property
     def subscribe_url(self) -> str:

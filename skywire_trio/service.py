@@ -2,6 +2,7 @@
 
     service nursery (until SIGINT/SIGTERM)
     ├── commit-feed        follows commits for every in-process reader (log/notify.py)
+    ├── progress           samples stats for the status page, logs a progress line
     ├── api                quart-trio app on hypercorn's trio worker (api/server.py)
     ├── partition-manager  premakes daily partitions on a timer
     └── ingest supervisor  (see ingest.py)
@@ -22,12 +23,14 @@ import trio
 import trio_asyncio
 
 from .api.server import serve_api
-from .config import Settings
+from .api.status_page import StatusSources
+from .config import Settings, mask_password
 from .ingest import OpenStore, supervise_ingest
 from .log import reader, writer
 from .log.batcher import utc_now
 from .log.notify import CommitFeed
 from .log.partitions import manage_partitions
+from .progress import History, RecentWarnings, watch_progress
 from .stats import IngestStats
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,17 @@ async def serve(settings: Settings, open_store: OpenStore = writer.connect,
     inject one to make days pass).
     """
     stats = IngestStats(disconnected_since=trio.current_time())
+    warnings = RecentWarnings()
+    logging.getLogger().addHandler(warnings)  # for this service's lifetime only
+    try:
+        await _serve(settings, open_store, clock, stats, warnings, task_status)
+    finally:
+        logging.getLogger().removeHandler(warnings)
+
+
+async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], datetime],
+                 stats: IngestStats, warnings: RecentWarnings,
+                 task_status: trio.TaskStatus[Running]) -> None:
     async with trio_asyncio.open_loop():
         async with open_store(settings.database_url) as store:
             # Refuse early, with the message, if the cursor belongs to another upstream.
@@ -58,7 +72,10 @@ async def serve(settings: Settings, open_store: OpenStore = writer.connect,
                 trio.open_nursery() as nursery:
             feed = CommitFeed(read_store)
             await nursery.start(feed.run, settings.database_url)
-            api_url = await nursery.start(serve_api, settings, stats, read_store, feed)
+            status = StatusSources(History(), warnings, mask_password(settings.subscribe_url))
+            await nursery.start(watch_progress, stats, status.history,
+                                settings.progress_interval)
+            api_url = await nursery.start(serve_api, settings, stats, read_store, feed, status)
             await nursery.start(manage_partitions, settings, clock, stats)
             await nursery.start(supervise_ingest, settings, stats, open_store, clock)
             task_status.started(Running(stats, api_url))

@@ -35,3 +35,5 @@ class IngestStats:
     ingest_started: float | None = None  # trio clock, start of the current ingest run
     default_partition_rows: int = 0  # as of the last partition maintenance pass
     partitions_dropped: int = 0
+    api_requests: int = 0  # HTTP responses sent (the status page's requests/s)
+    long_polls_open: int = 0  # /events requests waiting for a commit right now

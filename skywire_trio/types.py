@@ -37,8 +37,8 @@ class EventFilter:
     def matches(self, event: LogEvent) -> bool:
         """Whether ``event`` passes this filter (``since`` and ``limit`` aside).
 
-        The same rule as the SQL in ``log/reader.py``: identity and account events pass a
-        collection filter, and an action filter applies to commits only.
+        The same rule as the SQL in ``log/reader.py``: identity and account events pass
+        the commit-only filters (collection, action); other non-commit events do not.
         """
         if self.collections or self.prefixes:
             if not (event.event_type in COLLECTION_EXEMPT
@@ -49,12 +49,12 @@ class EventFilter:
             return False
         if self.event_types and event.event_type not in self.event_types:
             return False
-        return not (self.action and event.event_type == "commit"
+        return not (self.action and event.event_type not in COLLECTION_EXEMPT
                     and event.action != self.action)
 
 
-# Event types that pass any collection filter (consumers need them to see deletions and
-# handle changes).
+# Event types that pass the commit-only filters (collection, action): consumers need them
+# to see deletions and handle changes.
 COLLECTION_EXEMPT = frozenset({"identity", "account"})
 
 

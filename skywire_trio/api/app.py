@@ -26,6 +26,7 @@ from . import auth, params
 from .errors import ApiError
 from .openapi import OPENAPI
 from .prometheus import render_metrics
+from .status_page import PARTITIONS_TTL, StatusSources, register_static, render_page, status_body
 
 # Database failures the API answers with 503 instead of an error page.
 DB_ERRORS = (OSError, PostgresError, InterfaceError, trio.TooSlowError, TimeoutError)
@@ -50,6 +51,7 @@ class ApiState:
     limiter: auth.RateLimiter = dataclasses.field(default_factory=auth.RateLimiter)
     responses: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
     touched: dict[str, float] = dataclasses.field(default_factory=dict)
+    status: StatusSources | None = None  # the status page's sources (None: no page)
 
 
 async def _authenticate(state: ApiState, session: ReadSession) -> Token:
@@ -73,6 +75,12 @@ async def _events(state: ApiState) -> Response:
         exact, prefixes = params.split_collections(collections)
         event_filter = dataclasses.replace(event_filter, collections=exact, prefixes=prefixes)
         page = await session.events(event_filter)
+        if not page.count and event_filter.since > state.feed.head:
+            head = await session.head()  # the feed may be a commit behind: ask the log
+            if event_filter.since > head:
+                raise ApiError(400, "since_beyond_head",
+                               f"since={event_filter.since} is beyond the log's head ({head}): "
+                               "pass the cursor of a page this log returned, or 0")
         skipped = b""
         if page.first_id != event_filter.since + 1:
             # Ids are gapless, so anything between `since` and the oldest retained id was
@@ -84,12 +92,16 @@ async def _events(state: ApiState) -> Response:
         # Long-poll without holding a connection: woken by each committed batch (the
         # commit feed re-reads the head every few seconds in case a notification was
         # missed while its listener reconnected).
-        with trio.move_on_after(parsed.wait):
-            while not page.count:
-                await state.feed.wait_past(seen)
-                seen = state.feed.head
-                async with state.store.session() as session:
-                    page = await session.events(event_filter)
+        state.stats.long_polls_open += 1
+        try:
+            with trio.move_on_after(parsed.wait):
+                while not page.count:
+                    await state.feed.wait_past(seen)
+                    seen = state.feed.head
+                    async with state.store.session() as session:
+                        page = await session.events(event_filter)
+        finally:
+            state.stats.long_polls_open -= 1
     cursor = page.last_id if page.count else event_filter.since
     body = b'{"events":[%s],"cursor":%d%s}' % (page.json, cursor, skipped)
     return Response(body, content_type="application/json")
@@ -126,16 +138,39 @@ def _health_body(state: ApiState, database_ok: bool) -> tuple[dict[str, object],
     return body, healthy
 
 
+async def _status(state: ApiState) -> dict[str, object]:
+    sources = state.status
+    if sources is None:
+        raise ApiError(404, "not_found", "this instance has no status page")
+    now = trio.current_time()
+    if now - sources.partitions_read_at >= PARTITIONS_TTL:
+        sources.partitions_read_at = now
+        try:
+            with trio.fail_after(2):
+                async with state.store.session() as session:
+                    sources.partitions = await session.partitions()
+        except DB_ERRORS:
+            pass  # the page still shows the last listing; health says the database is down
+    health, healthy = _health_body(state, True)
+    consumers = {"long_polls_open": state.stats.long_polls_open,
+                 "feed_subscribers": state.feed.subscribers,
+                 "api_requests_total": state.stats.api_requests}
+    return status_body(health, healthy, sources, consumers)
+
+
 def create_app(state: ApiState) -> QuartTrio:
     """The application, bound to ``state``."""
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 
+    # /api/... are the paths of the original Skywire README (same handlers).
     @app.route("/events")
+    @app.route("/api/events")
     async def events() -> Response:
         return await _events(state)
 
     @app.route("/health")
+    @app.route("/api/health")
     async def health() -> Response:
         try:
             with trio.fail_after(2):
@@ -149,6 +184,15 @@ def create_app(state: ApiState) -> QuartTrio:
             database_ok = False
         body, healthy = _health_body(state, database_ok)
         return _json(body, 200 if healthy else 503)
+
+    @app.route("/")
+    async def status_page() -> Response:
+        return Response(render_page(await _status(state)),
+                        content_type="text/html; charset=utf-8")
+
+    @app.route("/status.json")
+    async def status_json() -> Response:
+        return _json(await _status(state))
 
     @app.route("/partitions")
     async def partitions() -> Response:
@@ -188,7 +232,10 @@ def create_app(state: ApiState) -> QuartTrio:
     async def count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "other"
         state.responses[(route, response.status_code)] += 1
+        state.stats.api_requests += 1
         return response
 
-    del events, health, partitions, metrics, openapi, api_error, http_error, unexpected, count
+    register_static(app)
+    del status_page, status_json, events, health, partitions, metrics, openapi, api_error
+    del http_error, unexpected, count
     return app

@@ -1,106 +1,255 @@
-"""The OpenAPI 3 description served at ``/openapi.json``."""
+"""The OpenAPI 3.1 description served at ``/openapi.json``.
+
+Every response schema lists every field (``additionalProperties: false``), so that
+tests/test_openapi.py, which validates real responses of every endpoint against this
+document, fails when a response and its description drift apart.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+KINDS = ["commit", "identity", "account", "sync", "info"]
+ACTIONS = ["create", "update", "delete"]
+HEALTH_STATUSES = ["ok", "connecting", "stalled", "database_unavailable"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): {"description": "error",
-                        "content": {"application/json": {"schema": _ERROR}}} for code in codes}
+    text = {400: "bad parameters", 401: "missing, unknown or revoked token",
+            403: "outside the token's scope", 404: "not found",
+            429: "rate limited (see Retry-After)", 503: "database unavailable (see Retry-After)"}
+    return {str(code): _json(text[code], _ref("Error")) for code in codes}
 
 
-_ARRAY_PARAM = {"type": "array", "items": {"type": "string"}}
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "required": list(properties) if required is None else required}
+
+
+def _nullable(kind: str, description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], "description": description, **extra}
+
+
+def _array_param(name: str, description: str, items: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "style": "form",
+            "explode": True, "schema": {"type": "array", "items": items}}
+
+
+_COMMIT = _object({
+    "rev": {"type": "string", "description": "the repository revision of the commit"},
+    "operation": {"type": "string", "enum": ACTIONS},
+    "collection": {"type": "string", "description": "NSID of the record's collection"},
+    "rkey": {"type": "string", "description": "record key"},
+    "record": {"type": "object", "description": "the record in the atproto data model "
+               "(absent for deletes)"},
+    "cid": {"type": "string", "description": "CID of the record (absent for deletes)"},
+    "record_error": {"type": "string", "description": "why the record could not be stored "
+                     "(only then)"},
+}, required=["rev"])
+# A commit without operations (an account's first) has only `rev`; any other has all three.
+_COMMIT["dependentRequired"] = {"operation": ["collection", "rkey"],
+                                "collection": ["operation", "rkey"]}
+
+_EVENT = {
+    "type": "object", "additionalProperties": False,
+    "description": "Jetstream's v1 event plus the log position (`id`) and the upstream `seq`. "
+                   "A commit event carries `commit`; other kinds carry their upstream body "
+                   "under a key named like the kind.",
+    "required": ["id", "seq", "did", "time_us", "kind"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1, "description": "log position (paging cursor)"},
+        "seq": _nullable("integer", "upstream sequence number (null for #info)"),
+        "did": _nullable("string", "the repository / account DID"),
+        "time_us": {"type": "integer", "description": "commit time in the log, unix µs"},
+        "kind": {"type": "string", "description": "event kind",
+                 "anyOf": [{"enum": KINDS},
+                           {"pattern": "^[A-Za-z][A-Za-z0-9]*$",
+                            "description": "an upstream kind this version does not know"}]},
+        "commit": _COMMIT,
+        "identity": {"type": "object", "description": "the #identity body"},
+        "account": {"type": "object", "description": "the #account body"},
+        "sync": {"type": "object", "description": "the #sync body"},
+        "info": {"type": "object", "description": "the #info body"},
+    },
+}
+# The body of a kind this version does not know arrives under that kind's name.
+_EVENT["additionalProperties"] = {"type": ["object", "null"]}
+
+_PAGE = _object({
+    "events": {"type": "array", "items": _ref("Event")},
+    "cursor": {"type": "integer", "description": "id of the last event returned, or `since`: "
+               "pass it as the next `since`"},
+    "skipped": {"type": "integer", "minimum": 1,
+                "description": "events after `since` that retention already dropped"},
+}, required=["events", "cursor"])
+
+_HEALTH = _object({
+    "status": {"type": "string", "enum": HEALTH_STATUSES},
+    "database": {"type": "string", "enum": ["ok", "unreachable"]},
+    "upstream_connected": {"type": "boolean"},
+    "last_seq": _nullable("integer", "last upstream seq committed"),
+    "last_id": {"type": "integer", "description": "last log id committed"},
+    "last_event_time": _nullable("string", "the newest committed event's own time",
+                                 format="date-time"),
+    "lag_seconds": _nullable("number", "age of the newest committed event's own time"),
+    "seconds_since_commit": _nullable("number", "seconds since this process last committed"),
+    "buffered_events": {"type": "integer", "description": "frames waiting to be committed"},
+    "default_partition_rows": {"type": "integer",
+                               "description": "rows in the default partition (an alarm)"},
+    "ingest_restarts": {"type": "integer"},
+})
+
+_PARTITION = _object({
+    "name": {"type": "string"},
+    "from": _nullable("string", "lower bound (UTC), null for the default partition",
+                      format="date-time"),
+    "to": _nullable("string", "upper bound (UTC)", format="date-time"),
+    "rows_estimate": {"type": "integer", "description": "planner estimate (exact for the "
+                      "default partition)"},
+    "bytes": {"type": "integer"},
+    "current": {"type": "boolean", "description": "holds the current UTC day"},
+    "default": {"type": "boolean"},
+})
+
+_STATUS = _object({
+    "status": {"type": "string", "enum": HEALTH_STATUSES},
+    "healthy": {"type": "boolean"},
+    "role": {"type": "string"},
+    "upstream": {"type": "string"},
+    "started_at": {"type": "string", "format": "date-time"},
+    "uptime_seconds": {"type": "number"},
+    "health": _ref("Health"),
+    "consumers": {"type": "object", "additionalProperties": {"type": "integer"},
+                  "description": "consumer-facing counts (long-polls open, subscribers, ...)"},
+    "partitions": {"type": "array", "items": _ref("Partition")},
+    "history": _object({
+        "at": {"type": "array", "items": {"type": "number"}, "description": "unix seconds"},
+        "rate": {"type": "array", "items": {"type": "number"},
+                 "description": "committed events/s"},
+        "lag_seconds": {"type": "array", "items": {"type": ["number", "null"]}},
+        "buffered": {"type": "array", "items": {"type": "integer"}},
+        "requests": {"type": "array", "items": {"type": "number"},
+                     "description": "API responses/s"},
+    }),
+    "warnings": {"type": "array", "items": _object({
+        "at": {"type": "string", "format": "date-time"}, "level": {"type": "string"},
+        "logger": {"type": "string"}, "message": {"type": "string"}})},
+})
+
+_FILTER_PARAMS = [
+    {"name": "since", "in": "query", "description": "return events with an id greater than "
+     "this (the previous page's `cursor`; 0 or absent: from the oldest retained event). "
+     "Beyond the log's head: 400 `since_beyond_head`.",
+     "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0}},
+    {"name": "limit", "in": "query", "description": "at most this many events",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+    {"name": "wait", "in": "query", "description": "long-poll: wait up to this many seconds "
+     "for at least one matching event", "schema": {"type": "number", "minimum": 0,
+                                                   "maximum": 30, "default": 0}},
+    _array_param("collection", "an NSID or an NSID prefix ending in `.*` (repeatable); "
+                 "identity and account events pass, other non-commit events do not",
+                 {"type": "string"}),
+    _array_param("repo", "a DID (repeatable)", {"type": "string"}),
+    _array_param("event_type", "event kinds to return (repeatable)",
+                 {"type": "string", "enum": KINDS}),
+    {"name": "action", "in": "query", "description": "commits with this operation only; "
+     "identity and account events pass, other non-commit events do not",
+     "schema": {"type": "string", "enum": ACTIONS}},
+]
+
+
+def _events_op(alias: bool) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": "Events after `since`, in log order" + (" (alias of /events)" if alias
+                                                         else ""),
+        "operationId": "events_alias" if alias else "events",
+        "security": [{"bearer": []}],
+        "parameters": _FILTER_PARAMS,
+        "responses": {"200": _json("a page of events", _PAGE),
+                      **_errors(400, 401, 403, 429, 503)},
+    }
+    if alias:
+        op["description"] = "The path of the original Skywire README; same as `/events`."
+    return op
+
+
+def _health_op(alias: bool) -> dict[str, Any]:
+    return {
+        "summary": "Ingest health (public)" + (" (alias of /health)" if alias else ""),
+        "operationId": "health_alias" if alias else "health",
+        "responses": {"200": _json("ingesting normally, or a standby", _ref("Health")),
+                      "503": _json("connecting past the grace, stalled, or the database "
+                                   "unreachable", _ref("Health"))},
+    }
+
 
 OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
+    "openapi": "3.1.0",
     "info": {"title": "skywire-trio", "version": "0.1.0",
-             "description": "The ATProto firehose as a durable, paged log."},
+             "description": "The ATProto firehose as a durable, paged log. Errors are "
+                            "`{\"error\": code, \"message\": text}`."},
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "a token from `python -m skywire_trio tokens create NAME`"}},
         "schemas": {
-            "Error": {"type": "object", "required": ["error", "message"],
-                      "properties": {"error": {"type": "string"},
-                                     "message": {"type": "string"}}},
-            "Event": {
-                "type": "object", "required": ["id", "kind", "time_us"],
-                "properties": {
-                    "id": {"type": "integer"}, "seq": {"type": "integer", "nullable": True},
-                    "did": {"type": "string", "nullable": True},
-                    "time_us": {"type": "integer"}, "kind": {"type": "string"},
-                    "commit": {"type": "object"}, "identity": {"type": "object"},
-                    "account": {"type": "object"},
-                },
-            },
+            "Error": _object({"error": {"type": "string", "description": "stable code"},
+                              "message": {"type": "string", "description": "for humans"}}),
+            "Event": _EVENT, "Page": _PAGE, "Health": _HEALTH, "Partition": _PARTITION,
+            "Status": _STATUS,
         },
     },
     "paths": {
-        "/events": {"get": {
-            "summary": "Events after `since`, in log order",
-            "security": [{"bearer": []}],
-            "parameters": [
-                {"name": "since", "in": "query",
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}},
-                {"name": "limit", "in": "query",
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-                {"name": "wait", "in": "query",
-                 "schema": {"type": "number", "minimum": 0, "maximum": 30}},
-                {"name": "collection", "in": "query", "schema": _ARRAY_PARAM,
-                 "style": "form", "explode": True},
-                {"name": "repo", "in": "query", "schema": _ARRAY_PARAM,
-                 "style": "form", "explode": True},
-                {"name": "event_type", "in": "query", "style": "form", "explode": True,
-                 "schema": {"type": "array", "items": {
-                     "type": "string",
-                     "enum": ["commit", "identity", "account", "sync", "info"]}}},
-                {"name": "action", "in": "query",
-                 "schema": {"type": "string", "enum": ["create", "update", "delete"]}},
-            ],
-            "responses": {
-                "200": {"description": "a page of events", "content": {"application/json": {
-                    "schema": {"type": "object", "required": ["events", "cursor"],
-                               "properties": {
-                                   "events": {"type": "array",
-                                              "items": {"$ref": "#/components/schemas/Event"}},
-                                   "cursor": {"type": "integer"},
-                                   "skipped": {
-                                       "type": "integer", "minimum": 1,
-                                       "description": "events after `since` that retention "
-                                                      "already dropped"}}}}}},
-                **_errors(400, 401, 403, 429, 503),
-            },
-        }},
-        "/health": {"get": {
-            "summary": "Ingest health (public)",
-            "responses": {
-                "200": {"description": "healthy", "content": {"application/json": {
-                    "schema": {"type": "object"}}}},
-                "503": {"description": "stalled or database unreachable",
-                        "content": {"application/json": {"schema": {"type": "object"}}}},
-            },
-        }},
+        "/events": {"get": _events_op(alias=False)},
+        "/api/events": {"get": _events_op(alias=True)},
+        "/health": {"get": _health_op(alias=False)},
+        "/api/health": {"get": _health_op(alias=True)},
         "/partitions": {"get": {
-            "summary": "Partitions of the log",
+            "summary": "Partitions of the log", "operationId": "partitions",
             "security": [{"bearer": []}],
-            "responses": {
-                "200": {"description": "listing", "content": {"application/json": {
-                    "schema": {"type": "object", "required": ["partitions"], "properties": {
-                        "partitions": {"type": "array", "items": {"type": "object"}}}}}}},
-                **_errors(401, 429, 503),
-            },
+            "responses": {"200": _json("listing, oldest first, the default partition last",
+                                       _object({"partitions": {
+                                           "type": "array", "items": _ref("Partition")}})),
+                          **_errors(401, 429, 503)},
         }},
         "/metrics": {"get": {
-            "summary": "Prometheus metrics (public)",
-            "responses": {"200": {"description": "Prometheus text",
+            "summary": "Prometheus metrics (public)", "operationId": "metrics",
+            "responses": {"200": {"description": "Prometheus text exposition format",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}}},
         }},
+        "/": {"get": {
+            "summary": "Status page (public; HTML, no event contents)",
+            "operationId": "status_page",
+            "responses": {"200": {"description": "HTML page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+        "/status.json": {"get": {
+            "summary": "The status page's data (public, no event contents)",
+            "operationId": "status", "responses": {"200": _json("status", _ref("Status"))},
+        }},
+        "/static/{name}": {"get": {
+            "summary": "The status page's vendored chart library (public)",
+            "operationId": "static",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "description": "file name",
+                            "schema": {"type": "string",
+                                       "enum": ["uPlot.iife.min.js", "uPlot.min.css"]}}],
+            "responses": {"200": {"description": "the file", "content": {
+                "text/javascript": {"schema": {"type": "string"}},
+                "text/css": {"schema": {"type": "string"}}}}, **_errors(404)},
+        }},
         "/openapi.json": {"get": {
-            "summary": "This document",
-            "responses": {"200": {"description": "OpenAPI 3",
-                                  "content": {"application/json": {
-                                      "schema": {"type": "object"}}}}},
+            "summary": "This document (public)", "operationId": "openapi",
+            "responses": {"200": _json("OpenAPI 3.1", {"type": "object",
+                                                        "required": ["openapi", "paths"]})},
         }},
     },
 }

@@ -33,10 +33,11 @@ EVENT_JSON = """
    ELSE ',' || to_json(event_type)::text || ':' || coalesce(record::text, 'null') || '}'
    END"""
 
-# Identity and account events pass a collection filter: consumers need them to see
-# deletions and handle changes (an event_type filter can still exclude them).
-# types.EventFilter.matches is the same rule in memory.
-_PASS_COLLECTION_FILTER = "event_type IN ('identity', 'account')"
+# One rule for the filters that only make sense for commits (collection, action):
+# identity and account events pass them (consumers need them to see deletions and handle
+# changes; an event_type filter can still exclude them), every other non-commit event
+# (sync, info, ...) does not. types.EventFilter.matches is the same rule in memory.
+_EXEMPT = "event_type IN ('identity', 'account')"
 
 
 def event_query(f: EventFilter) -> tuple[str, list[object]]:
@@ -54,14 +55,14 @@ def event_query(f: EventFilter) -> tuple[str, list[object]]:
             parts.append(f"collection = ANY({arg(list(f.collections))}::text[])")
         if f.prefixes:
             parts.append(f"collection LIKE ANY({arg(list(f.prefixes))}::text[])")
-        parts.append(_PASS_COLLECTION_FILTER)
+        parts.append(_EXEMPT)
         where.append("(" + " OR ".join(parts) + ")")
     if f.repos:
         where.append(f"repo = ANY({arg(list(f.repos))}::text[])")
     if f.event_types:
         where.append(f"event_type = ANY({arg(list(f.event_types))}::text[])")
     if f.action:
-        where.append(f"(action = {arg(f.action)} OR event_type <> 'commit')")
+        where.append(f"(action = {arg(f.action)} OR {_EXEMPT})")
     sql_text = (f"SELECT count(*), min(id), max(id), convert_to(string_agg(event, ',' "
                 f"ORDER BY id), 'UTF8') FROM (SELECT id, {EVENT_JSON} AS event "
                 f"FROM firehose_events WHERE {' AND '.join(where)} ORDER BY id LIMIT $2) page")
