@@ -226,6 +226,13 @@ class Settings:
                                  "`SKYWIRE_BACKOFF_MIN`")
     healthy_after: float = seconds("SKYWIRE_HEALTHY_AFTER", 60.0, 0.1, 3600.0,
                                    "a run this long without a failure resets the backoff")
+    crash_backoff_min: float = seconds(
+        "SKYWIRE_CRASH_BACKOFF_MIN", 10.0, 0.01, 3600.0,
+        "first restart delay of a task after a crash (a fault it does not name as transient: "
+        "a bug), logged with its traceback")
+    crash_backoff_max: float = seconds(
+        "SKYWIRE_CRASH_BACKOFF_MAX", 600.0, 0.01, 86400.0,
+        "longest restart delay after repeated crashes; at least `SKYWIRE_CRASH_BACKOFF_MIN`")
     deadletter_dir: Path = path("SKYWIRE_DEADLETTER_DIR", "var/deadletter",
                                 "unparseable frames are saved here")
     reset_cursor: bool = flag("SKYWIRE_RESET_CURSOR",
@@ -307,6 +314,10 @@ def _check_together(settings: Settings, wanted: set[str] | None) -> None:
 
     if read("backoff_min", "backoff_max") and settings.backoff_max < settings.backoff_min:
         raise ConfigError("SKYWIRE_BACKOFF_MAX must not be smaller than SKYWIRE_BACKOFF_MIN")
+    if read("crash_backoff_min", "crash_backoff_max") and \
+            settings.crash_backoff_max < settings.crash_backoff_min:
+        raise ConfigError("SKYWIRE_CRASH_BACKOFF_MAX must not be smaller than "
+                          "SKYWIRE_CRASH_BACKOFF_MIN")
     if settings.environment != "production":
         return
     if read("api_token_salt") and (settings.api_token_salt == DEV_TOKEN_SALT

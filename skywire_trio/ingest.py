@@ -1,19 +1,20 @@
 """The ingest supervisor and the ingest nursery it restarts.
 
-    supervisor loop: forever { open ingest nursery; on failure: log, back off, repeat }
+    supervise("ingest"): forever { open ingest nursery; on failure: log, back off, repeat }
     └── ingest nursery
         ├── reader   websocket -> decoded frames -> bounded channel
         └── batcher  channel -> COPY + cursor, one transaction per batch
 
-Every failure -- upstream gone, buffer overflow, database down -- ends in the same place:
-the nursery is torn down and a new one starts from the cursor committed in Postgres.
-That one path is what makes crash-and-replay trustworthy, so there is no other.
+Every failure -- upstream gone, buffer overflow, database down, a bug -- ends in the same
+place: the nursery is torn down and a new one starts from the cursor committed in Postgres.
+That one path is what makes crash-and-replay trustworthy, so there is no other. What is
+*reported* differs (supervise.py): the faults named in ``TRANSIENT`` are a warning line; a
+bug is logged with its traceback, counted as a crash and restarted after a longer backoff.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
@@ -21,34 +22,20 @@ from datetime import datetime
 import trio
 
 from .config import Settings
-from .errors import describe
 from .firehose.codec import Frame
-from .firehose.reader import UpstreamError, read_upstream
+from .firehose.reader import BufferOverflow, UpstreamError, read_upstream
 from .log import writer
 from .log.batcher import run_batcher, utc_now
 from .stats import IngestStats
+from .supervise import TRANSIENT, supervise
 
 log = logging.getLogger(__name__)
 
 OpenStore = Callable[[str], AbstractAsyncContextManager[writer.LogStore]]
-
-
-class Backoff:
-    """Exponential backoff with jitter: min doubling to max, reset by ``reset()``."""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self._minimum, self._maximum = minimum, maximum
-        self._next = minimum
-
-    def reset(self) -> None:
-        """Start again from the minimum (after a healthy period)."""
-        self._next = self._minimum
-
-    def delay(self) -> float:
-        """The next delay: uniformly between half and all of the current step."""
-        step = self._next
-        self._next = min(self._maximum, self._next * 2)
-        return random.uniform(step / 2, step)
+# Retried quietly: besides network and database faults, the upstream misbehaving, our own
+# buffer overflowing, and another instance holding the writer lock (we are the standby).
+INGEST_TRANSIENT = TRANSIENT + (UpstreamError, BufferOverflow, writer.WriterActive,
+                                writer.ConcurrentWriter)
 
 
 async def run_ingest_once(settings: Settings, store: writer.LogStore, stats: IngestStats,
@@ -78,24 +65,26 @@ async def supervise_ingest(settings: Settings, stats: IngestStats,
                            clock: Callable[[], datetime] = utc_now,
                            *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
-    """Run ingestion forever, restarting it from the committed cursor after any failure."""
-    backoff = Backoff(settings.backoff_min, settings.backoff_max)
-    task_status.started()
-    while True:
-        started = trio.current_time()
+    """Run ingestion forever, restarting it from the committed cursor after any failure.
+
+    ``CursorMismatch`` (configuration, not a fault) stops the service with its message.
+    """
+    runs = 0
+
+    async def ingest_once(ready: Callable[[], None]) -> None:
+        nonlocal runs
+        ready()  # the service does not wait for the upstream
+        if runs:
+            stats.reconnects += 1
+        runs += 1
         try:
             async with open_store(settings.database_url) as store:
                 await run_ingest_once(settings, store, stats, clock)
-        except writer.CursorMismatch:
-            raise  # configuration, not a transient fault: stop with the message
-        except Exception as exc:  # every other failure means: restart from the cursor
+        except Exception as exc:  # counted here, reported and retried by supervise
+            stats.ingest_restarts += 1
             if isinstance(exc, UpstreamError):
                 stats.upstream_errors += 1
-            stats.ingest_restarts += 1
-            log.warning("ingest stopped: %s", describe(exc))
-        if trio.current_time() - started >= settings.healthy_after:
-            backoff.reset()
-        delay = backoff.delay()
-        log.info("restarting ingest in %.1fs", delay)
-        await trio.sleep(delay)
-        stats.reconnects += 1
+            raise
+
+    await supervise("ingest", ingest_once, settings, stats.tasks, transient=INGEST_TRANSIENT,
+                    fatal=(writer.CursorMismatch,), task_status=task_status)

@@ -71,7 +71,7 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
                                           settings.api_pool_size) as read_store, \
                 trio.open_nursery() as nursery:
             feed = CommitFeed(read_store)
-            await nursery.start(feed.run, settings.database_url)
+            await nursery.start(feed.run, settings, stats.tasks)
             status = StatusSources(History(), warnings, mask_password(settings.subscribe_url))
             await nursery.start(watch_progress, stats, status.history,
                                 settings.progress_interval)

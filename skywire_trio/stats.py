@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
+from .supervise import TaskHealth
+
 
 @dataclasses.dataclass
 class IngestStats:
@@ -37,3 +39,5 @@ class IngestStats:
     partitions_dropped: int = 0
     api_requests: int = 0  # HTTP responses sent (the status page's requests/s)
     long_polls_open: int = 0  # /events requests waiting for a commit right now
+    # Each supervised task's restarts and last crash, by task name (supervise.py).
+    tasks: dict[str, TaskHealth] = dataclasses.field(default_factory=dict)

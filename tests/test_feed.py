@@ -7,6 +7,7 @@ import json
 import trio
 import trio_asyncio
 
+from skywire_trio.config import Settings
 from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.log import reader, writer
 from skywire_trio.log.batcher import utc_now
@@ -63,7 +64,7 @@ async def test_feed_broadcasts_each_commit_once_in_order(database):
     async with trio_asyncio.open_loop():
         async with reader.open_read_store(database) as store, trio.open_nursery() as nursery:
             feed = CommitFeed(store)
-            await nursery.start(feed.run, database)
+            await nursery.start(feed.run, Settings(database_url=database), {})
             fast = feed.subscribe(capacity=1000)
             slow = feed.subscribe(capacity=1)
             assert feed.subscribers == 2

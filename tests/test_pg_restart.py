@@ -215,7 +215,8 @@ def test_database_outage_pauses_retries_and_resumes_without_loss(tmp_path):
             # service_process has sent SIGTERM and checked exit code 0 here.
 
         # Retries while down were paced by a growing backoff, not a hot loop.
-        delays = [float(d) for d in re.findall(r"restarting ingest in ([0-9.]+)s", outage_log)]
+        delays = [float(d) for d in re.findall(r"ingest stopped: .*; restarting in ([0-9.]+)s",
+                                                 outage_log)]
         stops = re.findall(r"ingest stopped: .*", outage_log)
         assert len(stops) >= 2 and len(delays) >= 2, outage_log
         # Full jitter draws step k from [s/2, s] with s doubling, so the delays cannot

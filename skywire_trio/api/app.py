@@ -134,6 +134,8 @@ def _health_body(state: ApiState, database_ok: bool) -> tuple[dict[str, object],
         "buffered_events": stats.buffered_frames,
         "default_partition_rows": stats.default_partition_rows,
         "ingest_restarts": stats.ingest_restarts,
+        # Each supervised task: state, restarts, and its last crash (a bug, with where).
+        "tasks": {name: task.as_json() for name, task in sorted(stats.tasks.items())},
     }
     return body, healthy
 

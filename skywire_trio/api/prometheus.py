@@ -49,6 +49,12 @@ def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]]) -> s
          [("", stats.default_partition_rows)]),
         ("skywire_partitions_dropped_total", "counter", "Expired daily partitions dropped.",
          [("", stats.partitions_dropped)]),
+        ("skywire_task_faults_total", "counter",
+         "Restarts of a supervised task after a transient fault (network, database, upstream).",
+         [(f'task="{name}"', task.faults) for name, task in sorted(stats.tasks.items())]),
+        ("skywire_task_crashes_total", "counter",
+         "Restarts of a supervised task after a crash (any other exception: a bug).",
+         [(f'task="{name}"', task.crashes) for name, task in sorted(stats.tasks.items())]),
         ("skywire_api_responses_total", "counter", "API responses by route and status.",
          [(f'route="{route}",status="{status}"', n)
           for (route, status), n in sorted(responses.items())]),

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
 import triopg
 
-from ..errors import describe
+from ..config import Settings
+from ..supervise import TaskHealth, supervise
 from ..types import LogEvent
 from .reader import ReadStore
 
@@ -116,30 +117,30 @@ class CommitFeed:
             self._moved.set()
             self._moved = trio.Event()
 
-    async def run(self, database_url: str, *,
+    async def run(self, settings: Settings, tasks: dict[str, TaskHealth], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Follow commits until cancelled (reconnecting when the database drops)."""
-        started = False
-        while True:
-            try:
-                async with self._store.session() as session:
-                    head = await session.head()
-                if not started:
-                    # Readers start at the head as it is now, not at id 0.
-                    self.head = max(self.head, head)
-                await self._advance(head)
-                async with listen_commits(database_url) as notes:
-                    if not started:
-                        task_status.started()
-                        started = True
-                    await self._follow(notes)
-            except (OSError, triopg.exceptions.PostgresError,
-                    triopg.exceptions.InterfaceError, TimeoutError) as exc:
-                log.warning("commit feed: %s; retrying", describe(exc))
-            if not started:
-                task_status.started()
-                started = True
-            await trio.sleep(1.0)
+        """Follow commits until cancelled, reconnecting under the one supervision rule.
+
+        Reports started once it listens (or after its first failure, so the service starts
+        while the database is down).
+        """
+        listening = False
+
+        async def follow(ready: Callable[[], None]) -> None:
+            nonlocal listening
+            async with self._store.session() as session:
+                head = await session.head()
+            if not listening:
+                # Readers start at the head as it is now, not at id 0.
+                self.head = max(self.head, head)
+            await self._advance(head)
+            assert settings.database_url is not None
+            async with listen_commits(settings.database_url) as notes:
+                listening = True
+                ready()
+                await self._follow(notes)
+
+        await supervise("commit-feed", follow, settings, tasks, task_status=task_status)
 
     async def _follow(self, notes: trio.MemoryReceiveChannel[str]) -> None:
         while True:

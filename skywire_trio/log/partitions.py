@@ -17,8 +17,8 @@ import trio
 
 from .. import types
 from ..config import Settings
-from ..errors import describe
 from ..stats import IngestStats
+from ..supervise import supervise
 from . import partition_store
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,13 @@ async def manage_partitions(settings: Settings, clock: Callable[[], datetime],
                             ) -> None:
     """The partition-manager task: a pass at start, then every ``partition_interval``.
 
-    A failed pass (database down, a lock not granted within its short timeout) is logged
-    and retried at the next tick: rows still land safely meanwhile (in the default
-    partition at worst), so this task must never take the service down.
+    Under the one supervision rule (supervise.py): a pass that fails on the database (down,
+    a lock not granted within its short timeout) is retried with backoff, a bug is reported
+    as a crash. Rows still land safely meanwhile (in the default partition at worst), so
+    this task never takes the service down.
     """
-    first = True
-    while True:
-        try:
+    async def passes(ready: Callable[[], None]) -> None:
+        while True:
             async with partition_store.connect(settings.database_url) as store:
                 report = await maintain(store, clock(), settings.premake_days,
                                         settings.retention_days)
@@ -90,9 +90,8 @@ async def manage_partitions(settings: Settings, clock: Callable[[], datetime],
             stats.partitions_dropped += len(report.dropped)
             if report.default_rows:
                 log.warning("%d row(s) remain in firehose_events_default", report.default_rows)
-        except Exception as exc:  # retried at the next tick; see docstring
-            log.warning("partition maintenance failed: %s", describe(exc))
-        if first:
-            task_status.started()
-            first = False
-        await trio.sleep(settings.partition_interval)
+            ready()
+            await trio.sleep(settings.partition_interval)
+
+    await supervise("partition-manager", passes, settings, stats.tasks,
+                    task_status=task_status)
