@@ -248,6 +248,25 @@ class Settings:
         "SKYWIRE_PROGRESS_INTERVAL", 30.0, 1.0, 86400.0,
         "a progress line (events committed, rate, lag, buffer, restarts) this often; it "
         "also sets the status page's sampling period when shorter than 10 s")
+    webhook_retry_min: float = seconds(
+        "SKYWIRE_WEBHOOK_RETRY_MIN", 5.0, 0.01, 86400.0,
+        "first delay before a failed webhook batch is sent again (jittered, doubling)")
+    webhook_retry_max: float = seconds(
+        "SKYWIRE_WEBHOOK_RETRY_MAX", 3600.0, 0.01, 86400.0,
+        "longest delay between attempts of a webhook batch; at least "
+        "`SKYWIRE_WEBHOOK_RETRY_MIN`")
+    webhook_max_attempts: int = integer(
+        "SKYWIRE_WEBHOOK_MAX_ATTEMPTS", 15, 1, 1000,
+        "attempts of a webhook batch before it is dead-lettered (or its subscription paused)")
+    webhook_max_age: float = seconds(
+        "SKYWIRE_WEBHOOK_MAX_AGE", 86400.0, 1.0, 30 * 86400.0,
+        "... or this long after its first attempt, whichever comes first")
+    webhook_timeout: float = seconds("SKYWIRE_WEBHOOK_TIMEOUT", 10.0, 0.1, 300.0,
+                                     "a webhook request (connect to last byte) gets this long")
+    webhook_allow_private: bool = flag(
+        "SKYWIRE_WEBHOOK_ALLOW_PRIVATE",
+        "production only: allow webhook URLs that resolve to loopback, private, link-local "
+        "or metadata addresses (refused by default; development allows them and `http`)")
 
     @property
     def subscribe_url(self) -> str:
@@ -318,6 +337,10 @@ def _check_together(settings: Settings, wanted: set[str] | None) -> None:
             settings.crash_backoff_max < settings.crash_backoff_min:
         raise ConfigError("SKYWIRE_CRASH_BACKOFF_MAX must not be smaller than "
                           "SKYWIRE_CRASH_BACKOFF_MIN")
+    if read("webhook_retry_min", "webhook_retry_max") and \
+            settings.webhook_retry_max < settings.webhook_retry_min:
+        raise ConfigError("SKYWIRE_WEBHOOK_RETRY_MAX must not be smaller than "
+                          "SKYWIRE_WEBHOOK_RETRY_MIN")
     if settings.environment != "production":
         return
     if read("api_token_salt") and (settings.api_token_salt == DEV_TOKEN_SALT

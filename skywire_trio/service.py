@@ -5,7 +5,8 @@
     ├── progress           samples stats for the status page, logs a progress line
     ├── api                quart-trio app on hypercorn's trio worker (api/server.py)
     ├── partition-manager  premakes daily partitions on a timer
-    └── ingest supervisor  (see ingest.py)
+    ├── ingest supervisor  (see ingest.py)
+    └── delivery           webhook subscriptions, leader only (delivery/manager.py)
 
 The API sits beside the supervisor, not inside the ingest nursery, so consumers keep
 reading while ingestion restarts.
@@ -25,13 +26,14 @@ import trio_asyncio
 from .api.server import serve_api
 from .api.status_page import StatusSources
 from .config import Settings, mask_password
+from .delivery.manager import run_delivery
 from .ingest import OpenStore, supervise_ingest
 from .log import reader, writer
 from .log.batcher import utc_now
 from .log.notify import CommitFeed
 from .log.partitions import manage_partitions
 from .progress import History, RecentWarnings, watch_progress
-from .stats import IngestStats
+from .stats import DeliveryStats, IngestStats
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,12 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
             status = StatusSources(History(), warnings, mask_password(settings.subscribe_url))
             await nursery.start(watch_progress, stats, status.history,
                                 settings.progress_interval)
-            api_url = await nursery.start(serve_api, settings, stats, read_store, feed, status)
+            delivery = DeliveryStats()
+            api_url = await nursery.start(serve_api, settings, stats, read_store, feed, status,
+                                          delivery)
             await nursery.start(manage_partitions, settings, clock, stats)
             await nursery.start(supervise_ingest, settings, stats, open_store, clock)
+            await nursery.start(run_delivery, settings, read_store, feed, delivery)
             task_status.started(Running(stats, api_url))
 
 

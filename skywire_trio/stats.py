@@ -7,6 +7,7 @@ reads it; there is no module-level state. Counters only ever grow (Prometheus co
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from datetime import datetime
 
 from .supervise import TaskHealth
@@ -41,3 +42,42 @@ class IngestStats:
     long_polls_open: int = 0  # /events requests waiting for a commit right now
     # Each supervised task's restarts and last crash, by task name (supervise.py).
     tasks: dict[str, TaskHealth] = dataclasses.field(default_factory=dict)
+
+
+# Upper bounds (seconds) of the delivery latency histogram: commit -> 2xx.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+@dataclasses.dataclass
+class SubscriptionStats:
+    """One webhook subscription's delivery since the process started (or it was created)."""
+
+    name: str
+    cursor: int = 0
+    delivered_events: int = 0
+    delivered_batches: int = 0
+    failures: Counter[str] = dataclasses.field(default_factory=Counter)  # by outcome kind
+    dead_letters: int = 0
+    skipped_events: int = 0
+    # Commit time (unix seconds) of the oldest event not yet acknowledged; None: caught up.
+    oldest_undelivered: float | None = None
+    latency_buckets: list[int] = dataclasses.field(
+        default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+
+    def observe_latency(self, seconds: float) -> None:
+        """Record one batch's commit -> acknowledgement time."""
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_buckets[i] += 1
+        self.latency_sum += seconds
+        self.latency_count += 1
+
+
+@dataclasses.dataclass
+class DeliveryStats:
+    """Webhook delivery in this process: one entry per subscription it delivers."""
+
+    leader: bool = False
+    subscriptions: dict[int, SubscriptionStats] = dataclasses.field(default_factory=dict)

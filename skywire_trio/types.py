@@ -142,3 +142,50 @@ class Partition:
             "current": self.lower is not None and self.lower <= now < self.upper,
             "default": self.lower is None,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingBatch:
+    """A webhook batch saved before sending: events after ``after_id`` up to ``upto_id``."""
+
+    webhook_id: str
+    after_id: int
+    upto_id: int
+    attempts: int
+    since: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscription:
+    """A webhook subscription as stored (its secret included: the sender signs with it)."""
+
+    id: int
+    name: str
+    url: str
+    collections: tuple[str, ...]  # NSIDs and prefix.*, as written
+    event_types: tuple[str, ...]
+    repos: tuple[str, ...]
+    actions: tuple[str, ...]
+    jmespath: str | None
+    batch_size: int
+    secret: str
+    on_exhausted: str  # "deadletter" or "pause"
+    state: str  # "active", "paused" or "disabled"
+    cursor: int
+    pending: PendingBatch | None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """A batch that exhausted its retries, with the exact body that failed."""
+
+    id: int
+    subscription_id: int
+    webhook_id: str
+    after_id: int
+    upto_id: int
+    event_count: int
+    body: bytes
+    attempts: int
+    last_status: int | None
+    last_error: str | None

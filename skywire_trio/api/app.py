@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..log.notify import CommitFeed
 from ..log.reader import ReadSession, ReadStore
-from ..stats import IngestStats
+from ..stats import DeliveryStats, IngestStats
 from ..types import Token
 from . import auth, params
 from .errors import ApiError
@@ -48,6 +48,7 @@ class ApiState:
     feed: CommitFeed
     salt: str
     stall_seconds: float = 60.0  # disconnected, or buffered work without a commit, this long
+    delivery: DeliveryStats = dataclasses.field(default_factory=DeliveryStats)
     limiter: auth.RateLimiter = dataclasses.field(default_factory=auth.RateLimiter)
     responses: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
     touched: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -205,7 +206,7 @@ def create_app(state: ApiState) -> QuartTrio:
 
     @app.route("/metrics")
     async def metrics() -> Response:
-        text = render_metrics(state.stats, state.responses)
+        text = render_metrics(state.stats, state.responses, state.delivery, state.feed.head)
         return Response(text, content_type="text/plain; version=0.0.4")
 
     @app.route("/openapi.json")

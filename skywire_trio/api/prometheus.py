@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ..stats import IngestStats
+from ..stats import LATENCY_BUCKETS, DeliveryStats, IngestStats, SubscriptionStats
 
 
 def _line(name: str, value: float, labels: str = "") -> str:
     return f"{name}{{{labels}}} {value}" if labels else f"{name} {value}"
 
 
-def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]]) -> str:
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _delivery_series(delivery: DeliveryStats, head: int
+                     ) -> list[tuple[str, str, str, list[tuple[str, float]]]]:
+    """Per-subscription webhook metrics (only the delivering instance has entries)."""
+    subs = sorted(delivery.subscriptions.values(), key=lambda s: s.name)
+    now = time.time()
+
+    def each(value: Callable[[SubscriptionStats], float]) -> list[tuple[str, float]]:
+        return [(f'subscription="{_label(s.name)}"', value(s)) for s in subs]
+
+    latency: list[tuple[str, float]] = []
+    for s in subs:
+        name = f'subscription="{_label(s.name)}"'
+        for bound, count in zip(LATENCY_BUCKETS, s.latency_buckets, strict=True):
+            latency.append((f'{name},le="{bound:g}"', count))
+        latency.append((f'{name},le="+Inf"', s.latency_count))
+    return [
+        ("skywire_webhook_leader", "gauge", "1 while this instance delivers webhooks.",
+         [("", int(delivery.leader))]),
+        ("skywire_webhook_delivered_events_total", "counter", "Events acknowledged (2xx).",
+         each(lambda s: s.delivered_events)),
+        ("skywire_webhook_delivered_batches_total", "counter", "Batches acknowledged (2xx).",
+         each(lambda s: s.delivered_batches)),
+        ("skywire_webhook_failures_total", "counter",
+         "Failed attempts by kind (status, timeout, connect, refused, error).",
+         [(f'subscription="{_label(s.name)}",kind="{kind}"', n)
+          for s in subs for kind, n in sorted(s.failures.items())]),
+        ("skywire_webhook_dead_letters_total", "counter", "Batches moved to dead letters.",
+         each(lambda s: s.dead_letters)),
+        ("skywire_webhook_skipped_events_total", "counter",
+         "Events dropped by retention before delivery.", each(lambda s: s.skipped_events)),
+        ("skywire_webhook_lag_events", "gauge", "Log head minus the subscription's cursor.",
+         each(lambda s: max(0, head - s.cursor))),
+        ("skywire_webhook_lag_seconds", "gauge",
+         "Age of the oldest event not yet acknowledged (0 when caught up).",
+         each(lambda s: round(max(0.0, now - s.oldest_undelivered), 3)
+              if s.oldest_undelivered is not None else 0.0)),
+    ] + [("skywire_webhook_latency_seconds", "histogram",
+          "Commit of a batch's first event -> 2xx.", latency)]
+
+
+def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]],
+                   delivery: DeliveryStats | None = None, head: int = 0) -> str:
     """Every metric, with HELP and TYPE lines."""
     lag = ((datetime.now(UTC) - stats.last_event_time).total_seconds()
            if stats.last_event_time else 0.0)
@@ -59,8 +106,18 @@ def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]]) -> s
          [(f'route="{route}",status="{status}"', n)
           for (route, status), n in sorted(responses.items())]),
     ]
+    if delivery is not None:
+        series += _delivery_series(delivery, head)
     lines = []
     for name, kind, help_text, samples in series:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        if kind == "histogram":
+            lines += [_line(name + "_bucket", value, labels) for labels, value in samples]
+            for s in sorted(delivery.subscriptions.values() if delivery else [],
+                            key=lambda s: s.name):
+                labels = f'subscription="{_label(s.name)}"'
+                lines += [_line(name + "_sum", round(s.latency_sum, 6), labels),
+                          _line(name + "_count", s.latency_count, labels)]
+            continue
         lines += [_line(name, value, labels) for labels, value in samples]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from hypercorn.trio import serve
 from ..config import Settings
 from ..log.notify import CommitFeed
 from ..log.reader import ReadStore
-from ..stats import IngestStats
+from ..stats import DeliveryStats, IngestStats
 from .app import ApiState, create_app
 from .status_page import StatusSources
 
@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 async def serve_api(settings: Settings, stats: IngestStats, store: ReadStore, feed: CommitFeed,
-                    status: StatusSources | None = None, *,
+                    status: StatusSources | None = None,
+                    delivery: DeliveryStats | None = None, *,
                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the API until cancelled; reports the bound URL when listening."""
     config = Config()
@@ -29,7 +30,8 @@ async def serve_api(settings: Settings, stats: IngestStats, store: ReadStore, fe
     config.graceful_timeout = 2.0
     async with trio.open_nursery() as nursery:
         app = create_app(ApiState(store, stats, feed, settings.api_token_salt,
-                                  settings.stall_seconds, status=status))
+                                  settings.stall_seconds, status=status,
+                                  delivery=delivery or DeliveryStats()))
         binds = await nursery.start(partial(serve, app, config,
                                             shutdown_trigger=trio.sleep_forever))
         log.info("API listening on %s", binds[0])

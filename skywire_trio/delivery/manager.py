@@ -1,0 +1,105 @@
+"""The delivery task: leads webhook delivery and keeps one worker per active subscription.
+
+    delivery            leader only (its own advisory lock, waited for blocking)
+    └── workers         a nursery of their own: one task per active subscription
+
+The subscription table is read every ``POLL_SECONDS``: a subscription created, paused,
+resumed or deleted with the command line takes effect within that, without a restart.
+Database faults end the whole task tree, which starts again from what is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+import triopg
+
+from ..config import Settings
+from ..errors import describe
+from ..log.leadership import DELIVERY_LOCK, LeadershipLost, lead
+from ..log.notify import CommitFeed
+from ..log.reader import ReadStore
+from ..log.subscriptions import open_delivery_store
+from ..stats import DeliveryStats, SubscriptionStats
+from ..types import Subscription
+from .client import open_client
+from .safety import Policy
+from .worker import Deps, ParsedCache, RetryPolicy, SubscriptionWorker
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+RESTART_SECONDS = 1.0
+# Faults after which the delivery tree starts again from what is saved in PostgreSQL.
+TRANSIENT = (OSError, triopg.exceptions.PostgresError, triopg.exceptions.InterfaceError,
+             TimeoutError, trio.TooSlowError, LeadershipLost)
+
+
+async def run_delivery(settings: Settings, read_store: ReadStore, feed: CommitFeed,
+                       stats: DeliveryStats, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Deliver webhooks until cancelled (as a standby while another instance leads)."""
+    assert settings.database_url is not None
+    retry = RetryPolicy(settings.webhook_retry_min, settings.webhook_retry_max,
+                        settings.webhook_max_attempts, settings.webhook_max_age)
+    policy = Policy.for_environment(settings.environment == "production",
+                                    settings.webhook_allow_private)
+    task_status.started()
+    while True:
+        try:
+            async with lead(settings.database_url, DELIVERY_LOCK):
+                stats.leader = True
+                log.info("webhook delivery: this instance delivers")
+                async with open_delivery_store(settings.database_url) as store, \
+                        open_client(policy, settings.webhook_timeout) as client:
+                    deps = Deps(store, read_store, feed, client, retry, ParsedCache())
+                    await _manage(deps, stats)
+        except* TRANSIENT as group:
+            log.warning("webhook delivery: %s; restarting in %g s", describe(group),
+                        RESTART_SECONDS)
+        finally:
+            stats.leader = False
+            stats.subscriptions.clear()
+        await trio.sleep(RESTART_SECONDS)
+
+
+async def _manage(deps: Deps, stats: DeliveryStats) -> None:
+    """Start and stop workers as subscriptions become active or stop being active."""
+    running: dict[int, trio.CancelScope] = {}
+    # When a worker stopped its subscription itself (410, pause policy): a listing read
+    # before that still says "active" and must not start it again.
+    stopped_at: dict[int, float] = {}
+
+    async def work(subscription: Subscription, *,
+                   task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            entry = stats.subscriptions.setdefault(subscription.id,
+                                                   SubscriptionStats(subscription.name))
+            task_status.started(scope)
+            try:
+                await SubscriptionWorker(subscription, deps, entry).run()
+                stopped_at[subscription.id] = trio.current_time()
+            finally:
+                if running.get(subscription.id) is scope:
+                    del running[subscription.id]
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            read_at = trio.current_time()
+            active = {s.id: s for s in await deps.store.active_subscriptions()}
+            for subscription_id in list(running):
+                if subscription_id not in active:
+                    log.info("webhook delivery: stopping subscription %d", subscription_id)
+                    running.pop(subscription_id).cancel()
+            for subscription_id in list(stats.subscriptions):
+                if subscription_id not in active and subscription_id not in running:
+                    del stats.subscriptions[subscription_id]
+            for subscription in active.values():
+                if subscription.id not in running and \
+                        stopped_at.get(subscription.id, -1.0) < read_at:
+                    log.info("webhook delivery: starting subscription %s (after id %d)",
+                             subscription.name, subscription.cursor)
+                    running[subscription.id] = await nursery.start(work, subscription)
+            await trio.sleep(POLL_SECONDS)
+
