@@ -241,3 +241,32 @@ def test_exhausted_batches_become_dead_letters_and_retry_delivers_them(database,
             for name in ("halt", "gone"):
                 check_stream(receiver.requests(f"/{name}"), expected)
             assert query(database, "SELECT count(*) FROM webhook_dead_letters") == [(0,)]
+
+
+def test_pause_resume_and_delete_take_effect_without_a_restart(database, tmp_path):
+    log = tmp_path / "service.log"
+    with receiver_process(tmp_path) as receiver, \
+            replay_process(PDS_CAPTURE, "--rate", "70") as relay:
+        env = service_env(database, relay, tmp_path, **FAST)
+        create(env, receiver, "held", "--batch", "10")
+        create(env, receiver, "dropped", "--batch", "10")
+        with service_process(env, log):
+            assert wait_for(lambda: receiver.acknowledged("/held")
+                            and receiver.acknowledged("/dropped"), 30), log.read_text()[-3000:]
+            assert cli(env, "subscriptions", "pause", "held").returncode == 0
+            assert cli(env, "subscriptions", "delete", "dropped").returncode == 0
+            time.sleep(2.0)  # the delivery task notices within its 1 s poll
+            counts = (len(receiver.requests("/held")), len(receiver.requests("/dropped")))
+            head = query(database, "SELECT last_id FROM firehose_cursor")[0][0]
+            time.sleep(1.5)
+            assert query(database, "SELECT last_id FROM firehose_cursor")[0][0] > head
+            assert (len(receiver.requests("/held")), len(receiver.requests("/dropped"))) \
+                == counts  # the log grew, nothing was sent
+            assert listing(env)["held"]["state"] == "paused" and "dropped" not in listing(env)
+            assert cli(env, "subscriptions", "resume", "held").returncode == 0
+            assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
+                            == [(359,)], 60), log.read_text()[-3000:]
+            expected = _expected(database, "true")
+            assert wait_for(lambda: len(delivered_ids(receiver.requests("/held")))
+                            >= len(expected), 30), log.read_text()[-3000:]
+        check_stream(receiver.requests("/held"), expected)

@@ -68,8 +68,8 @@ def address_refusal(address: str) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     for kind, flag in (("loopback", ip.is_loopback), ("link-local or metadata", ip.is_link_local),
-                       ("private", ip.is_private), ("multicast", ip.is_multicast),
-                       ("unspecified", ip.is_unspecified), ("reserved", ip.is_reserved)):
+                       ("unspecified", ip.is_unspecified), ("multicast", ip.is_multicast),
+                       ("private", ip.is_private), ("reserved", ip.is_reserved)):
         if flag:
             return kind
     if not ip.is_global:  # shared address space (100.64/10, cloud metadata), documentation...

@@ -61,8 +61,8 @@ class RetryPolicy:
 
     def delay(self, attempts: int, rng: random.Random) -> float:
         """Seconds before the next attempt after ``attempts`` failures: between half and
-        all of min * 2^(attempts-1), capped at max."""
-        step = min(self.maximum, self.minimum * 2 ** min(attempts - 1, 40))
+        all of min * 2^(attempts-1), capped at max (never below min)."""
+        step = min(max(self.maximum, self.minimum), self.minimum * 2 ** min(attempts - 1, 40))
         return rng.uniform(step / 2, step)
 
     def exhausted(self, attempts: int, since: datetime) -> bool:
