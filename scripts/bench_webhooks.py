@@ -77,7 +77,7 @@ FILTERS: list[tuple[tuple[str, ...], str]] = [
      "AND record->>'text' <> ''"),
     (("--collection", "app.bsky.actor.profile"),
      "collection = 'app.bsky.actor.profile' OR event_type IN ('identity', 'account')"),
-    (("--action", "delete"), "event_type <> 'commit' OR action = 'delete'"),
+    (("--action", "delete"), "event_type IN ('identity', 'account') OR action = 'delete'"),
 ]
 
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
 
 from .support import (
     PDS_CAPTURE,
+    ROOT,
+    free_port,
     query,
     replay_process,
     service_env,
@@ -48,7 +53,7 @@ SUBSCRIPTIONS = {
                      "event_type = 'commit' AND collection LIKE 'app.bsky.feed.%' "
                      "AND action = 'create'"),
     "changes": (("--action", "update", "--action", "delete", "--start", "oldest"),
-                "event_type <> 'commit' OR action IN ('update', 'delete')"),
+                "event_type IN ('identity', 'account') OR action IN ('update', 'delete')"),
 }
 
 
@@ -270,3 +275,44 @@ def test_pause_resume_and_delete_take_effect_without_a_restart(database, tmp_pat
             assert wait_for(lambda: len(delivered_ids(receiver.requests("/held")))
                             >= len(expected), 30), log.read_text()[-3000:]
         check_stream(receiver.requests("/held"), expected)
+
+
+def test_the_receiver_in_the_consumer_docs_verifies_and_handles_everything(database, tmp_path):
+    doc = (ROOT / "docs" / "consumers.md").read_text()
+    example = re.search(r"```python webhook-receiver\n(.*?)```", doc, re.S).group(1)
+    port = free_port()
+    log = tmp_path / "service.log"
+    with replay_process(PDS_CAPTURE) as relay:
+        env = service_env(database, relay, tmp_path, **FAST)
+        with service_process(env, log):
+            assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
+                            == [(359,)], 60), log.read_text()[-3000:]
+            done = cli(env, "subscriptions", "create", "docs", "--url",
+                       f"http://127.0.0.1:{port}/", "--start", "oldest", "--batch", "50")
+            assert done.returncode == 0, done.stderr
+            secret = done.stdout.splitlines()[-1]
+            script = tmp_path / "receiver.py"
+            script.write_text(example.replace('"whsec_..."', f'"{secret}"')
+                              .replace("8000", str(port)))
+            receiver = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path,
+                                        stdout=subprocess.PIPE, text=True)
+            try:
+                expected = _expected(database, "true")
+                lines = []
+                while len(lines) < len(expected):
+                    line = receiver.stdout.readline()
+                    assert line, "the receiver stopped"
+                    lines.append(line.split())
+                forged = httpx.post(f"http://127.0.0.1:{port}/", content=b'{"events":[]}',
+                                    headers={"webhook-id": "msg_x", "webhook-timestamp":
+                                             str(int(time.time())),
+                                             "webhook-signature": "v1,AAAA"})
+                assert forged.status_code == 401
+            finally:
+                receiver.kill()
+                receiver.wait(10)
+    assert [int(fields[0]) for fields in lines] == expected
+    posts = query(database, "SELECT id FROM firehose_events WHERE collection = "
+                            "'app.bsky.feed.post' AND action = 'create' ORDER BY id")
+    assert [int(f[0]) for f in lines if f[2:] == ["app.bsky.feed.post", "create"]] == \
+        [i for (i,) in posts]

@@ -4,7 +4,8 @@ The filter part is an ``EventFilter``, so the log selects events with the same S
 ``/events`` and followers of the commit feed with the same rule in memory
 (``EventFilter.matches``). Two refinements need the event's JSON: a JMESPath expression
 (compiled once, an event passes when the result is true in JMESPath's sense) and a set of
-two actions (the filter holds at most one).
+two actions (the filter holds at most one; the same rule: identity and account events pass,
+other events need one of the actions).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jmespath.exceptions
 import jmespath.parser
 
 from ..identifiers import ACTIONS, split_collections
-from ..types import EventFilter, LogEvent, Subscription
+from ..types import COLLECTION_EXEMPT, EventFilter, LogEvent, Subscription
 
 MAX_EXPRESSION = 2000
 
@@ -72,15 +73,15 @@ class Matcher:
         """The whole rule for a committed event; ``parsed`` gives its JSON as Python."""
         if not self.filter.matches(event):
             return False
-        if self._actions is not None and event.event_type == "commit" \
+        if self._actions is not None and event.event_type not in COLLECTION_EXEMPT \
                 and event.action not in self._actions:
             return False
         return self._expression is None or self.accepts(parsed(event))
 
     def accepts(self, document: Any) -> bool:
         """The refinements, on an event's parsed JSON (the filter already passed)."""
-        if self._actions is not None and document.get("kind") == "commit" \
-                and document.get("commit", {}).get("operation") not in self._actions:
+        if self._actions is not None and document.get("kind") not in COLLECTION_EXEMPT \
+                and (document.get("commit") or {}).get("operation") not in self._actions:
             return False
         if self._expression is None:
             return True
