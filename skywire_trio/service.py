@@ -82,7 +82,8 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
                                           delivery)
             await nursery.start(manage_partitions, settings, clock, stats)
             await nursery.start(supervise_ingest, settings, stats, open_store, clock)
-            await nursery.start(run_delivery, settings, read_store, feed, delivery)
+            await nursery.start(run_delivery, settings, read_store, feed, delivery,
+                                stats.tasks)
             task_status.started(Running(stats, api_url))
 
 

@@ -5,23 +5,24 @@
 
 The subscription table is read every ``POLL_SECONDS``: a subscription created, paused,
 resumed or deleted with the command line takes effect within that, without a restart.
-Database faults end the whole task tree, which starts again from what is saved.
+Database faults end the whole task tree, which ``supervise`` starts again from what is
+saved.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
-import triopg
 
 from ..config import Settings
-from ..errors import describe
-from ..log.leadership import DELIVERY_LOCK, LeadershipLost, lead
+from ..log.leadership import DELIVERY_LOCK, lead
 from ..log.notify import CommitFeed
 from ..log.reader import ReadStore
 from ..log.subscriptions import open_delivery_store
 from ..stats import DeliveryStats, SubscriptionStats
+from ..supervise import TaskHealth, supervise
 from ..types import Subscription
 from .client import open_client
 from .safety import Policy
@@ -30,38 +31,39 @@ from .worker import Deps, ParsedCache, RetryPolicy, SubscriptionWorker
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
-RESTART_SECONDS = 1.0
-# Faults after which the delivery tree starts again from what is saved in PostgreSQL.
-TRANSIENT = (OSError, triopg.exceptions.PostgresError, triopg.exceptions.InterfaceError,
-             TimeoutError, trio.TooSlowError, LeadershipLost)
 
 
 async def run_delivery(settings: Settings, read_store: ReadStore, feed: CommitFeed,
-                       stats: DeliveryStats, *,
+                       stats: DeliveryStats, tasks: dict[str, TaskHealth], *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Deliver webhooks until cancelled (as a standby while another instance leads)."""
+    """Deliver webhooks until cancelled (as a standby while another instance leads).
+
+    Under the one supervision rule (supervise.py): a database or network fault, or the loss
+    of the lock's connection, restarts the tree from what is saved, with backoff; a bug is
+    reported as a crash.
+    """
     assert settings.database_url is not None
+    database_url = settings.database_url
     retry = RetryPolicy(settings.webhook_retry_min, settings.webhook_retry_max,
                         settings.webhook_max_attempts, settings.webhook_max_age)
     policy = Policy.for_environment(settings.environment == "production",
                                     settings.webhook_allow_private)
-    task_status.started()
-    while True:
+
+    async def deliver(ready: Callable[[], None]) -> None:
+        ready()  # waiting for the lock is this task's normal state on a standby
         try:
-            async with lead(settings.database_url, DELIVERY_LOCK):
+            async with lead(database_url, DELIVERY_LOCK):
                 stats.leader = True
                 log.info("webhook delivery: this instance delivers")
-                async with open_delivery_store(settings.database_url) as store, \
+                async with open_delivery_store(database_url) as store, \
                         open_client(policy, settings.webhook_timeout) as client:
                     deps = Deps(store, read_store, feed, client, retry, ParsedCache())
                     await _manage(deps, stats)
-        except* TRANSIENT as group:
-            log.warning("webhook delivery: %s; restarting in %g s", describe(group),
-                        RESTART_SECONDS)
         finally:
             stats.leader = False
             stats.subscriptions.clear()
-        await trio.sleep(RESTART_SECONDS)
+
+    await supervise("delivery", deliver, settings, tasks, task_status=task_status)
 
 
 async def _manage(deps: Deps, stats: DeliveryStats) -> None:

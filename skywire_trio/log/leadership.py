@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 import trio
 import triopg
 
+from .faults import UNAVAILABLE
+
 # One key per role (the writer's is writer.WRITER_LOCK).
 DELIVERY_LOCK = 0x736B7764  # "skwd"
 # How often the holder checks that its lock connection is still alive.
@@ -40,8 +42,7 @@ async def lead(database_url: str, key: int) -> AsyncIterator[None]:
                         await trio.sleep(CHECK_SECONDS)
                         with trio.fail_after(CHECK_SECONDS * 2):
                             await conn.fetchval("SELECT 1")
-                except (OSError, triopg.exceptions.PostgresError,
-                        triopg.exceptions.InterfaceError, TimeoutError, trio.TooSlowError):
+                except (*UNAVAILABLE, OSError, trio.TooSlowError):
                     lost = True
                     nursery.cancel_scope.cancel()
 
