@@ -239,9 +239,10 @@ class Settings:
                               "start over when the cursor belongs to another upstream")
     retention_days: int = integer(
         "SKYWIRE_RETENTION_DAYS", 7, 1, 3650,
-        "partitions whose whole day is older than this are dropped", common=True)
+        "partitions whose whole day is older than this are dropped (builtin manager; with "
+        "pg_partman its own retention applies)", common=True)
     premake_days: int = integer("SKYWIRE_PREMAKE_DAYS", 4, 1, 90,
-                                "daily partitions created ahead of today")
+                                "daily partitions created ahead of today (builtin manager)")
     partition_interval: float = seconds("SKYWIRE_PARTITION_INTERVAL", 3600.0, 1.0, 86400.0,
                                         "how often the partition manager runs a pass")
     progress_interval: float = seconds(
@@ -267,6 +268,10 @@ class Settings:
         "SKYWIRE_WEBHOOK_ALLOW_PRIVATE",
         "production only: allow webhook URLs that resolve to loopback, private, link-local "
         "or metadata addresses (refused by default; development allows them and `http`)")
+    partition_manager: str = choice(
+        "SKYWIRE_PARTITION_MANAGER", "builtin", ("builtin", "pg_partman"),
+        "who creates and drops partitions: our manager, or pg_partman 5 (ours then only "
+        "checks at start and reports; docs/operations.md)", common=True)
 
     @property
     def subscribe_url(self) -> str:

@@ -31,7 +31,7 @@ from .ingest import OpenStore, supervise_ingest
 from .log import reader, writer
 from .log.batcher import utc_now
 from .log.notify import CommitFeed
-from .log.partitions import manage_partitions
+from .log.partitions import check_manager, manage_partitions, policy_of
 from .progress import History, RecentWarnings, watch_progress
 from .stats import DeliveryStats, IngestStats
 
@@ -67,8 +67,10 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
                  task_status: trio.TaskStatus[Running]) -> None:
     async with trio_asyncio.open_loop():
         async with open_store(settings.database_url) as store:
-            # Refuse early, with the message, if the cursor belongs to another upstream.
+            # Refuse early, with the message, if the cursor belongs to another upstream, or
+            # if the configured partition manager does not match the database.
             await store.claim_cursor(settings.subscribe_url, settings.reset_cursor)
+        await check_manager(settings.database_url, policy_of(settings))
         async with reader.open_read_store(settings.database_url,
                                           settings.api_pool_size) as read_store, \
                 trio.open_nursery() as nursery:

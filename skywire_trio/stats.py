@@ -11,6 +11,7 @@ from collections import Counter
 from datetime import datetime
 
 from .supervise import TaskHealth
+from .types import PartitionStatus
 
 
 @dataclasses.dataclass
@@ -42,6 +43,7 @@ class IngestStats:
     long_polls_open: int = 0  # /events requests waiting for a commit right now
     # Each supervised task's restarts and last crash, by task name (supervise.py).
     tasks: dict[str, TaskHealth] = dataclasses.field(default_factory=dict)
+    partition_status: PartitionStatus | None = None  # as of the last partition manager pass
 
 
 # Upper bounds (seconds) of the delivery latency histogram: commit -> 2xx.

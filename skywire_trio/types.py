@@ -189,3 +189,52 @@ class DeadLetter:
     attempts: int
     last_status: int | None
     last_error: str | None
+
+
+# Who creates and drops partitions (SKYWIRE_PARTITION_MANAGER).
+BUILTIN_MANAGER, PG_PARTMAN_MANAGER = "builtin", "pg_partman"
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionPolicy:
+    """Who manages the partitions, and the builtin manager's window."""
+
+    manager: str = BUILTIN_MANAGER
+    retention_days: int = 7
+    premake_days: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionStatus:
+    """Where the partitions stand: reported in /health, /partitions, /metrics and the CLI."""
+
+    manager: str
+    retention: str | None  # "7 days"; None: nothing is ever dropped
+    retention_seconds: float | None
+    premake: int | None
+    partitions_ahead: int  # consecutive days after today that have their partition
+    default_rows: int
+    problem: str | None = None  # the manager cannot do its job (e.g. pg_partman let go)
+
+    def alarms(self) -> list[str]:
+        """What an operator must look at; empty when all is well."""
+        out = []
+        if self.problem:
+            out.append(self.problem)
+        if self.default_rows:
+            fix = ("pg_partman cannot premake their days until CALL "
+                   "partman.partition_data_proc('public.firehose_events') moves them"
+                   if self.manager == PG_PARTMAN_MANAGER else "the next pass moves them")
+            out.append(f"{self.default_rows} row(s) in firehose_events_default: {fix}")
+        if self.partitions_ahead == 0:
+            who = ("is pg_partman's run_maintenance running?"
+                   if self.manager == PG_PARTMAN_MANAGER else "the next pass creates it")
+            out.append("no partition for tomorrow (UTC): rows will land in the default "
+                       f"partition after midnight; {who}")
+        return out
+
+    def as_json(self) -> dict[str, object]:
+        """The fields shared by /health, /partitions and ``partitions list``."""
+        return {"manager": self.manager, "retention": self.retention, "premake": self.premake,
+                "partitions_ahead": self.partitions_ahead, "default_rows": self.default_rows,
+                "alarms": self.alarms()}

@@ -132,6 +132,10 @@ async def test_default_partition_rows_are_reported_and_moved(database, nursery, 
     async with httpx.AsyncClient(base_url=running.api_url) as client:
         health = (await client.get("/health")).json()
         assert health["default_partition_rows"] == len(rows)
+        assert health["status"] == "ok"  # an alarm, not an outage
+        assert health["partitions"]["default_rows"] == len(rows)
+        assert any(f"{len(rows)} row(s) in firehose_events_default" in alarm
+                   for alarm in health["partitions"]["alarms"])
         token = _make_token(database, "ops")
         listing = (await client.get("/partitions",
                                     headers={"Authorization": f"Bearer {token}"})).json()
@@ -141,8 +145,12 @@ async def test_default_partition_rows_are_reported_and_moved(database, nursery, 
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": database}
     listed = await trio.run_process([sys.executable, "-m", "skywire_trio", "partitions", "list"],
                                     cwd=ROOT, env=env, capture_stdout=True, capture_stderr=True)
-    line = [x for x in listed.stdout.decode().splitlines() if "firehose_events_default" in x][0]
+    lines = listed.stdout.decode().splitlines()
+    line = [x for x in lines if x.startswith("firehose_events_default")][0]
     assert f" {len(rows)} " in line and "DEFAULT" in line
+    # An alarm in either mode, in the listing and in /health.
+    assert any(x.startswith(f"ALARM: {len(rows)} row(s) in firehose_events_default")
+               for x in lines), lines
     done = await trio.run_process([sys.executable, "-m", "skywire_trio", "partitions",
                                    "maintain"], cwd=ROOT, env=env, capture_stdout=True,
                                   capture_stderr=True)

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from ..log.notify import CommitFeed
 from ..log.reader import ReadSession, ReadStore
 from ..stats import DeliveryStats, IngestStats
-from ..types import Token
+from ..types import PartitionPolicy, PartitionStatus, Token
 from . import auth, params
 from .errors import ApiError
 from .openapi import OPENAPI
@@ -49,6 +49,7 @@ class ApiState:
     salt: str
     stall_seconds: float = 60.0  # disconnected, or buffered work without a commit, this long
     delivery: DeliveryStats = dataclasses.field(default_factory=DeliveryStats)
+    partition_policy: PartitionPolicy = PartitionPolicy()
     limiter: auth.RateLimiter = dataclasses.field(default_factory=auth.RateLimiter)
     responses: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
     touched: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -108,7 +109,9 @@ async def _events(state: ApiState) -> Response:
     return Response(body, content_type="application/json")
 
 
-def _health_body(state: ApiState, database_ok: bool) -> tuple[dict[str, object], bool]:
+def _health_body(state: ApiState, database_ok: bool,
+                 partitions: PartitionStatus | None
+                 ) -> tuple[dict[str, object], bool]:
     stats = state.stats
     now = trio.current_time()
     last_event = stats.last_event_time
@@ -137,6 +140,9 @@ def _health_body(state: ApiState, database_ok: bool) -> tuple[dict[str, object],
         "ingest_restarts": stats.ingest_restarts,
         # Each supervised task: state, restarts, and its last crash (a bug, with where).
         "tasks": {name: task.as_json() for name, task in sorted(stats.tasks.items())},
+        # Alarms here (rows in the default partition, no partition for tomorrow) leave the
+        # status ok: the service still works; /metrics carries them for alerting.
+        "partitions": partitions.as_json() if partitions else None,
     }
     return body, healthy
 
@@ -154,7 +160,8 @@ async def _status(state: ApiState) -> dict[str, object]:
                     sources.partitions = await session.partitions()
         except DB_ERRORS:
             pass  # the page still shows the last listing; health says the database is down
-    health, healthy = _health_body(state, True)
+    # The partition manager's last pass: the page refreshes often, its status changes hourly.
+    health, healthy = _health_body(state, True, state.stats.partition_status)
     consumers = {"long_polls_open": state.stats.long_polls_open,
                  "feed_subscribers": state.feed.subscribers,
                  "api_requests_total": state.stats.api_requests}
@@ -175,17 +182,20 @@ def create_app(state: ApiState) -> QuartTrio:
     @app.route("/health")
     @app.route("/api/health")
     async def health() -> Response:
+        partitions = None
         try:
             with trio.fail_after(2):
                 async with state.store.session() as session:
                     cursor = await session.cursor()
-                    state.stats.default_partition_rows = await session.default_rows()
+                    partitions = await session.partition_status(state.partition_policy,
+                                                                datetime.now(UTC).date())
+            state.stats.default_partition_rows = partitions.default_rows
             database_ok = True
             if cursor is not None and state.stats.last_id == 0:
                 state.stats.last_id, state.stats.last_seq = cursor.last_id, cursor.last_seq
         except DB_ERRORS:
             database_ok = False
-        body, healthy = _health_body(state, database_ok)
+        body, healthy = _health_body(state, database_ok, partitions)
         return _json(body, 200 if healthy else 503)
 
     @app.route("/")
@@ -201,8 +211,10 @@ def create_app(state: ApiState) -> QuartTrio:
     async def partitions() -> Response:
         async with state.store.session() as session:
             await _authenticate(state, session)
+            now = datetime.now(UTC)
             listing = await session.partitions()
-        return _json({"partitions": [p.as_json(datetime.now(UTC)) for p in listing]})
+            summary = await session.partition_status(state.partition_policy, now.date())
+        return _json({**summary.as_json(), "partitions": [p.as_json(now) for p in listing]})
 
     @app.route("/metrics")
     async def metrics() -> Response:

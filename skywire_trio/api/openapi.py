@@ -91,6 +91,19 @@ _PAGE = _object({
                 "description": "events after `since` that retention already dropped"},
 }, required=["events", "cursor"])
 
+_PARTITION_STATUS = _object({
+    "manager": {"type": "string", "enum": ["builtin", "pg_partman"],
+                "description": "who creates and drops partitions"},
+    "retention": _nullable("string", "partitions older than this are dropped (e.g. "
+                           "\"14 days\"; pg_partman's own when it manages them)"),
+    "premake": _nullable("integer", "days kept ahead of today"),
+    "partitions_ahead": {"type": "integer", "description": "consecutive days after today "
+                         "(UTC) that have their partition"},
+    "default_rows": {"type": "integer", "description": "rows in the default partition"},
+    "alarms": {"type": "array", "items": {"type": "string"},
+               "description": "what an operator must look at; empty when all is well"},
+})
+
 _HEALTH = _object({
     "status": {"type": "string", "enum": HEALTH_STATUSES},
     "database": {"type": "string", "enum": ["ok", "unreachable"]},
@@ -105,6 +118,8 @@ _HEALTH = _object({
     "default_partition_rows": {"type": "integer",
                                "description": "rows in the default partition (an alarm)"},
     "ingest_restarts": {"type": "integer"},
+    "partitions": {"oneOf": [_ref("PartitionStatus"), {"type": "null"}],
+                   "description": "the partitions' status (null when the database is down)"},
 })
 
 _PARTITION = _object({
@@ -204,6 +219,7 @@ OPENAPI: dict[str, Any] = {
             "Error": _object({"error": {"type": "string", "description": "stable code"},
                               "message": {"type": "string", "description": "for humans"}}),
             "Event": _EVENT, "Page": _PAGE, "Health": _HEALTH, "Partition": _PARTITION,
+            "PartitionStatus": _PARTITION_STATUS,
             "Status": _STATUS,
         },
     },
@@ -215,9 +231,11 @@ OPENAPI: dict[str, Any] = {
         "/partitions": {"get": {
             "summary": "Partitions of the log", "operationId": "partitions",
             "security": [{"bearer": []}],
-            "responses": {"200": _json("listing, oldest first, the default partition last",
-                                       _object({"partitions": {
-                                           "type": "array", "items": _ref("Partition")}})),
+            "responses": {"200": _json("the manager's status, then the partitions, oldest "
+                                       "first, the default partition last",
+                                       _object({**_PARTITION_STATUS["properties"],
+                                                "partitions": {"type": "array",
+                                                               "items": _ref("Partition")}})),
                           **_errors(401, 429, 503)},
         }},
         "/metrics": {"get": {

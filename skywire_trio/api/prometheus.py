@@ -14,6 +14,26 @@ def _line(name: str, value: float, labels: str = "") -> str:
     return f"{name}{{{labels}}} {value}" if labels else f"{name} {value}"
 
 
+def _partition_series(stats: IngestStats) -> list[tuple[str, str, str, list[tuple[str, float]]]]:
+    """The partition manager's report, as of its last pass (none before the first)."""
+    status = stats.partition_status
+    if status is None:
+        return []
+    return [
+        ("skywire_partition_manager_info", "gauge", "Who creates and drops partitions.",
+         [(f'manager="{status.manager}"', 1)]),
+        ("skywire_partitions_ahead", "gauge",
+         "Consecutive days after today (UTC) that have a partition.",
+         [("", status.partitions_ahead)]),
+        ("skywire_partition_retention_seconds", "gauge",
+         "Partitions older than this are dropped (-1: never).",
+         [("", status.retention_seconds if status.retention_seconds is not None else -1)]),
+        ("skywire_partition_alarms", "gauge",
+         "Partition problems an operator must look at (see /health).",
+         [("", len(status.alarms()))]),
+    ]
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -102,6 +122,7 @@ def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]],
         ("skywire_task_crashes_total", "counter",
          "Restarts of a supervised task after a crash (any other exception: a bug).",
          [(f'task="{name}"', task.crashes) for name, task in sorted(stats.tasks.items())]),
+        *_partition_series(stats),
         ("skywire_api_responses_total", "counter", "API responses by route and status.",
          [(f'route="{route}",status="{status}"', n)
           for (route, status), n in sorted(responses.items())]),

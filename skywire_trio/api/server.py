@@ -11,6 +11,7 @@ from hypercorn.trio import serve
 
 from ..config import Settings
 from ..log.notify import CommitFeed
+from ..log.partitions import policy_of
 from ..log.reader import ReadStore
 from ..stats import DeliveryStats, IngestStats
 from .app import ApiState, create_app
@@ -30,8 +31,8 @@ async def serve_api(settings: Settings, stats: IngestStats, store: ReadStore, fe
     config.graceful_timeout = 2.0
     async with trio.open_nursery() as nursery:
         app = create_app(ApiState(store, stats, feed, settings.api_token_salt,
-                                  settings.stall_seconds, status=status,
-                                  delivery=delivery or DeliveryStats()))
+                                  settings.stall_seconds, policy_of(settings),
+                                  status=status, delivery=delivery or DeliveryStats()))
         binds = await nursery.start(partial(serve, app, config,
                                             shutdown_trigger=trio.sleep_forever))
         log.info("API listening on %s", binds[0])

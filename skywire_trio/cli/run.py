@@ -30,13 +30,16 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from ..log.partman import PartmanError
     from ..service import run_until_signal
 
     with database(settings) as settings:
         refused: list[BaseException] = []
         try:
             trio.run(run_until_signal, settings)
-        except* writer.CursorMismatch as group:  # configuration, not a fault: say it plainly
+        # Configuration, not a fault: say it plainly (a cursor of another upstream, or a
+        # partition manager that does not match the database).
+        except* (writer.CursorMismatch, PartmanError) as group:
             refused.extend(group.exceptions)
     if refused:
         reason = refused[0]

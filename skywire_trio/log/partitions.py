@@ -3,7 +3,10 @@
 The log is a replication buffer, not an archive: whole days are dropped once their
 entire range is older than the retention (never ``DELETE``). Names, bounds and the default
 partition follow pg_partman 5 (``firehose_events_pYYYYMMDD``, UTC midnights), so an
-operator can hand the table to pg_partman instead (docs/operations.md).
+operator can hand the table to pg_partman instead (``SKYWIRE_PARTITION_MANAGER=pg_partman``,
+docs/operations.md): this manager then creates and drops nothing, and only checks and
+reports. Either way it never works beside pg_partman: two managers would fight over
+retention.
 """
 
 from __future__ import annotations
@@ -19,9 +22,17 @@ from .. import types
 from ..config import Settings
 from ..stats import IngestStats
 from ..supervise import supervise
-from . import partition_store
+from . import partition_store, partman
 
 log = logging.getLogger(__name__)
+
+BUILTIN, PG_PARTMAN = types.BUILTIN_MANAGER, types.PG_PARTMAN_MANAGER
+
+
+def policy_of(settings: Settings) -> types.PartitionPolicy:
+    """The partition policy the configuration asks for."""
+    return types.PartitionPolicy(settings.partition_manager, settings.retention_days,
+                                 settings.premake_days)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +54,11 @@ class MaintenanceReport:
 
 async def maintain(store: partition_store.PartitionStore, now: datetime, premake_days: int,
                    retention_days: int) -> MaintenanceReport:
-    """One pass: premake today + ``premake_days``, move default rows, drop expired days."""
+    """One builtin pass: premake today + ``premake_days``, move default rows, drop expired days.
+
+    Raises ``partman.PartmanError`` (and changes nothing) if pg_partman manages the log.
+    """
+    await partman.require_unmanaged(store.conn)
     existing = {p.name for p in await store.partitions()}
     today = now.date()
     created, moved = [], 0
@@ -68,30 +83,56 @@ async def maintain(store: partition_store.PartitionStore, now: datetime, premake
     return MaintenanceReport(created, dropped, moved, await store.default_rows())
 
 
+async def check_manager(database_url: str, policy: types.PartitionPolicy) -> None:
+    """Refuse (``partman.PartmanError``) a manager that does not match the database.
+
+    pg_partman: it must manage the log (5.x, daily by indexed_at, sessions in UTC).
+    builtin: pg_partman must not manage it.
+    """
+    async with partition_store.connect(database_url) as store:
+        if policy.manager == PG_PARTMAN:
+            await partman.require_managed(store.conn)
+        else:
+            await partman.require_unmanaged(store.conn)
+
+
 async def manage_partitions(settings: Settings, clock: Callable[[], datetime],
                             stats: IngestStats, *,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                             ) -> None:
     """The partition-manager task: a pass at start, then every ``partition_interval``.
 
+    The service checks the manager against the database first (``check_manager``).
     Under the one supervision rule (supervise.py): a pass that fails on the database (down,
     a lock not granted within its short timeout) is retried with backoff, a bug is reported
     as a crash. Rows still land safely meanwhile (in the default partition at worst), so
-    this task never takes the service down.
+    this task never takes the service down. With pg_partman a pass only reads its status;
+    a manager that stops matching the database later (pg_partman adopted or released while
+    running) shows as an alarm, and nothing is created or dropped.
     """
+    policy = policy_of(settings)
+
     async def passes(ready: Callable[[], None]) -> None:
         while True:
             async with partition_store.connect(settings.database_url) as store:
-                report = await maintain(store, clock(), settings.premake_days,
-                                        settings.retention_days)
-            if report.created or report.dropped or report.moved_rows:
-                log.info("partition maintenance: %s", report.summary())
-            stats.default_partition_rows = report.default_rows
-            stats.partitions_dropped += len(report.dropped)
-            if report.default_rows:
-                log.warning("%d row(s) remain in firehose_events_default", report.default_rows)
+                current = await partman.status(store.conn, policy, clock().date())
+                if policy.manager == BUILTIN and current.problem is None:
+                    await _builtin_pass(store, clock(), settings, stats)
+                    current = await partman.status(store.conn, policy, clock().date())
+            stats.partition_status = current
+            stats.default_partition_rows = current.default_rows
+            for alarm in current.alarms():
+                log.warning("partitions: %s", alarm)
             ready()
             await trio.sleep(settings.partition_interval)
 
     await supervise("partition-manager", passes, settings, stats.tasks,
                     task_status=task_status)
+
+
+async def _builtin_pass(store: partition_store.PartitionStore, now: datetime, settings: Settings,
+                        stats: IngestStats) -> None:
+    report = await maintain(store, now, settings.premake_days, settings.retention_days)
+    if report.created or report.dropped or report.moved_rows:
+        log.info("partition maintenance: %s", report.summary())
+    stats.partitions_dropped += len(report.dropped)

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date
 
 import triopg
 
-from ..types import Cursor, EventFilter, LogEvent, Page, Partition, Token
-from . import tokens
+from ..types import (
+    Cursor,
+    EventFilter,
+    LogEvent,
+    Page,
+    Partition,
+    PartitionPolicy,
+    PartitionStatus,
+    Token,
+)
+from . import partman, tokens
 from .partition_store import list_partitions
 
 # Postgres writes each event's JSON text by concatenation (about twice as cheap as
@@ -112,6 +122,10 @@ class ReadSession:
     async def partitions(self) -> list[Partition]:
         """Every partition of the log, oldest first, the default partition last."""
         return await list_partitions(self._conn)
+
+    async def partition_status(self, policy: PartitionPolicy, today: date) -> PartitionStatus:
+        """Where the partitions stand under ``policy`` (manager, retention, alarms)."""
+        return await partman.status(self._conn, policy, today)
 
     async def oldest_id(self) -> int | None:
         """The smallest id still in the log (older days may have been dropped)."""
