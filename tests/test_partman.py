@@ -176,7 +176,7 @@ def test_adopt_then_ingest_with_pg_partman_managing(url, tmp_path):
 
             base = f"http://127.0.0.1:{env['PORT']}"
             health = httpx.get(f"{base}/health").json()
-            assert health["status"] == "ok"
+            assert health["status"] == "ok", health
             assert health["partitions"] == {
                 "manager": "pg_partman", "retention": "14 days", "premake": 6,
                 "partitions_ahead": 6, "default_rows": 0, "alarms": []}
