@@ -31,7 +31,7 @@ async def serve_api(settings: Settings, stats: IngestStats, store: ReadStore, fe
     config.graceful_timeout = 2.0
     async with trio.open_nursery() as nursery:
         app = create_app(ApiState(store, stats, feed, settings.api_token_salt,
-                                  settings.stall_seconds, policy_of(settings),
+                                  settings.stall_seconds, partition_policy=policy_of(settings),
                                   status=status, delivery=delivery or DeliveryStats()))
         binds = await nursery.start(partial(serve, app, config,
                                             shutdown_trigger=trio.sleep_forever))
