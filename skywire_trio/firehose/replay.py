@@ -149,10 +149,14 @@ async def _handle(recording: Recording, rate: float, stream: trio.SocketStream) 
                     + conn.send(CloseConnection(code=1008, reason="FutureCursor")))
                 return
             interval = 1 / rate if rate > 0 else 0.0
+            deadline = trio.current_time()
             for chunk in recording.chunks(cursor, paced=rate > 0):
                 await stream.send_all(chunk)
                 if interval:
-                    await trio.sleep(interval)
+                    # Paced against the clock, not by sleeping after each frame: timer
+                    # overshoot on a busy machine no longer adds up to a lower rate.
+                    deadline += interval
+                    await trio.sleep_until(deadline)
             await _until_closed(stream, conn)
         except (trio.BrokenResourceError, RemoteProtocolError, LocalProtocolError):
             pass  # the client went away or broke the protocol: drop it
