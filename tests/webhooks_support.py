@@ -19,7 +19,7 @@ from .support import ROOT
 class ReceiverProcess:
     """``tests/webhook_receiver.py`` as a process; can be stopped and started on one port."""
 
-    def __init__(self, tmp: Path, port: int = 0) -> None:
+    def __init__(self, tmp: Path, port: int = 0, light: bool = False) -> None:
         self.log = tmp / "received.jsonl"
         self.secrets = tmp / "secrets.json"
         self.control = tmp / "control.json"
@@ -27,6 +27,7 @@ class ReceiverProcess:
         self.secrets.write_text("{}")
         self.control.write_text("{}")
         self.port = port
+        self.light = light
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -37,7 +38,8 @@ class ReceiverProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.webhook_receiver", "--port", str(self.port),
              "--log", str(self.log), "--secrets", str(self.secrets),
-             "--control", str(self.control)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+             "--control", str(self.control), *(["--light"] if self.light else [])],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
         assert line.startswith("http://127.0.0.1:"), f"receiver did not start: {line!r}"
         self.port = int(line.rsplit(":", 1)[1])

@@ -29,3 +29,4 @@ def setup_logging(production: bool) -> None:
     # One line per request is what metrics are for.
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per webhook request

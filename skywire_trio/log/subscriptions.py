@@ -8,6 +8,7 @@ flight is saved *before* it is sent, so a restart re-sends it under the same web
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,31 @@ _COLUMNS = ("id, name, url, collections, event_types, repos, actions, jmespath, 
 _DEAD_COLUMNS = ("id, subscription_id, webhook_id, after_id, upto_id, event_count, body, "
                  "attempts, last_status, last_error")
 _HEAD = "(SELECT coalesce(max(last_id), 0) FROM firehose_cursor)"
+
+
+# Progress of many subscriptions in one statement (see DeliveryStore._progress).
+_PROGRESS = """
+UPDATE webhook_subscriptions s SET cursor = v.cursor, pending_id = v.pending_id,
+    pending_after = v.pending_after, pending_upto = v.pending_upto,
+    pending_attempts = v.attempts, pending_since = v.since,
+    delivered_events = s.delivered_events + v.events,
+    delivered_batches = s.delivered_batches + v.batches,
+    last_delivery_at = CASE WHEN v.batches > 0 THEN now() ELSE s.last_delivery_at END
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[],
+            $6::integer[], $7::timestamptz[], $8::bigint[], $9::bigint[])
+    AS v(id, cursor, pending_id, pending_after, pending_upto, attempts, since, events, batches)
+WHERE s.id = v.id"""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Progress:
+    """A subscription's position: its cursor, the batch in flight (if any), new counts."""
+
+    subscription_id: int
+    cursor: int
+    pending: PendingBatch | None
+    events: int
+    batches: int
 
 
 class UnknownSubscription(LookupError):
@@ -166,6 +192,9 @@ class DeliveryStore:
 
     def __init__(self, pool: triopg._triopg.TrioPoolProxy) -> None:
         self._pool = pool
+        self._queued: list[tuple[_Progress, trio.Event]] = []
+        self._wake = trio.Event()
+        self._failure: BaseException | None = None
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[triopg._triopg.TrioConnectionProxy]:
@@ -186,30 +215,63 @@ class DeliveryStore:
                           events: int, batches: int) -> None:
         """Save the batch about to be sent, with the cursor and counts delivered before it.
 
-        One statement per batch: the previous batch's acknowledgement is saved here, with
-        the next one, rather than in a write of its own.
+        One write per batch: the previous batch's acknowledgement is saved here, with the
+        next one, rather than in a write of its own.
         """
-        async with self._write() as conn:
-            await conn.execute(
-                "UPDATE webhook_subscriptions SET cursor = $2, pending_id = $3, "
-                "pending_after = $4, pending_upto = $5, pending_attempts = $6, "
-                "pending_since = $7, delivered_events = delivered_events + $8, "
-                "delivered_batches = delivered_batches + $9, "
-                "last_delivery_at = CASE WHEN $9 > 0 THEN now() ELSE last_delivery_at END "
-                "WHERE id = $1", subscription_id, cursor, batch.webhook_id, batch.after_id,
-                batch.upto_id, batch.attempts, batch.since, events, batches)
+        await self._progress(_Progress(subscription_id, cursor, batch, events, batches))
 
     async def save_cursor(self, subscription_id: int, cursor: int, events: int,
                           batches: int) -> None:
         """Save the cursor (nothing in flight) and the counts delivered since the last save."""
-        async with self._write() as conn:
-            await conn.execute(
-                "UPDATE webhook_subscriptions SET cursor = $2, pending_id = NULL, "
-                "pending_after = NULL, pending_upto = NULL, pending_attempts = 0, "
-                "pending_since = NULL, delivered_events = delivered_events + $3, "
-                "delivered_batches = delivered_batches + $4, "
-                "last_delivery_at = CASE WHEN $4 > 0 THEN now() ELSE last_delivery_at END "
-                "WHERE id = $1", subscription_id, cursor, events, batches)
+        await self._progress(_Progress(subscription_id, cursor, None, events, batches))
+
+    async def _progress(self, write: _Progress) -> None:
+        # Every subscription saves progress once per batch: the writes queued while one
+        # statement runs go together in the next (one transaction, one WAL flush), so a
+        # hundred subscriptions do not wait for a hundred commits in turn.
+        done = trio.Event()
+        self._queued.append((write, done))
+        self._wake.set()
+        await done.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    async def write_progress(self, *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                             ) -> None:
+        """Run the progress writes queued by ``begin_batch``/``save_cursor`` until cancelled."""
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            queued, self._queued = self._queued, []
+            merged: dict[int, _Progress] = {}
+            for write, _ in queued:  # the latest state of each subscription, counts summed
+                earlier = merged.get(write.subscription_id)
+                if earlier is not None:
+                    write = dataclasses.replace(write, events=write.events + earlier.events,
+                                                batches=write.batches + earlier.batches)
+                merged[write.subscription_id] = write
+            writes = list(merged.values())
+            try:
+                async with self._write() as conn:
+                    await conn.execute(
+                        _PROGRESS, [w.subscription_id for w in writes],
+                        [w.cursor for w in writes],
+                        [w.pending.webhook_id if w.pending else None for w in writes],
+                        [w.pending.after_id if w.pending else None for w in writes],
+                        [w.pending.upto_id if w.pending else None for w in writes],
+                        [w.pending.attempts if w.pending else 0 for w in writes],
+                        [w.pending.since if w.pending else None for w in writes],
+                        [w.events for w in writes], [w.batches for w in writes])
+            except BaseException as exc:
+                # The waiting workers fail with it; this task ends the delivery tree.
+                self._failure = exc if isinstance(exc, Exception) else RuntimeError(
+                    "the progress writer stopped")
+                raise
+            finally:
+                for _, done in queued:
+                    done.set()
 
     async def record_failure(self, subscription_id: int, attempts: int, status: int | None,
                              error: str) -> None:
@@ -289,7 +351,11 @@ async def _keep(conn: object) -> None:
 
 @asynccontextmanager
 async def open_delivery_store(database_url: str, size: int = 4) -> AsyncIterator[DeliveryStore]:
-    """A small pool for the delivery task's writes."""
+    """A small pool for the delivery task's writes, and the task that groups them."""
     async with triopg.create_pool(database_url, min_size=1, max_size=size,
-                                  command_timeout=10, reset=_keep) as pool:
-        yield DeliveryStore(pool)
+                                  command_timeout=10, reset=_keep) as pool, \
+            trio.open_nursery() as nursery:
+        store = DeliveryStore(pool)
+        await nursery.start(store.write_progress)
+        yield store
+        nursery.cancel_scope.cancel()
