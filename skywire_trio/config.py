@@ -203,6 +203,24 @@ class Settings:
         "SKYWIRE_STALL_SECONDS", 60.0, 1.0, 86400.0,
         "`/health` says 503 `stalled` after the upstream is disconnected this long, or "
         "buffered events wait this long without a commit")
+    subscribe_max_connections: int = integer(
+        "SKYWIRE_SUBSCRIBE_MAX_CONNECTIONS", 2000, 1, 100_000,
+        "`/subscribe` websockets open at once; more are answered 503 `too_many_subscribers`")
+    subscribe_max_lag: float = seconds(
+        "SKYWIRE_SUBSCRIBE_MAX_LAG", 120.0, 0.1, 86400.0,
+        "a `/subscribe` client that has been live is closed (4408 `consumer_too_slow`) when "
+        "the event being sent to it was committed longer ago than this")
+    subscribe_stall_seconds: float = seconds(
+        "SKYWIRE_SUBSCRIBE_STALL_SECONDS", 30.0, 0.1, 3600.0,
+        "... or when one write to it (at most 256 events, about 64 KiB) waits this long")
+    subscribe_buffer: int = integer(
+        "SKYWIRE_SUBSCRIBE_BUFFER", 64, 1, 100_000,
+        "committed batches a live `/subscribe` client may have waiting; past it, it reads "
+        "pages from the log until it catches up")
+    subscribe_token_recheck: float = seconds(
+        "SKYWIRE_SUBSCRIBE_TOKEN_RECHECK", 60.0, 0.1, 86400.0,
+        "how often an open `/subscribe` connection checks that its token was not revoked "
+        "(4401 when it was)")
     relay_url: str = url(
         "SKYWIRE_RELAY_URL", DEFAULT_RELAY_URL, ("ws", "wss"),
         "upstream; the subscribeRepos path is added when the URL has none", common=True)

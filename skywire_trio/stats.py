@@ -44,6 +44,11 @@ class IngestStats:
     # Each supervised task's restarts and last crash, by task name (supervise.py).
     tasks: dict[str, TaskHealth] = dataclasses.field(default_factory=dict)
     partition_status: PartitionStatus | None = None  # as of the last partition manager pass
+    # /subscribe websockets
+    subscribers: int = 0  # open now
+    subscribe_messages: int = 0  # events sent
+    subscribe_fallbacks: int = 0  # cut off from the commit feed, back to reading pages
+    subscribe_too_slow: int = 0  # closed with 4408 consumer_too_slow
 
 
 # Upper bounds (seconds) of the delivery latency histogram: commit -> 2xx.

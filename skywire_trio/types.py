@@ -8,6 +8,7 @@ a type.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import UTC, date, datetime, time, timedelta
 
 PARTITION_PREFIX = "firehose_events_p"
@@ -42,15 +43,25 @@ class EventFilter:
         """
         if self.collections or self.prefixes:
             if not (event.event_type in COLLECTION_EXEMPT
-                    or event.collection in self.collections
+                    or event.collection in self._collection_set
                     or any(_like_prefix_match(p, event.collection) for p in self.prefixes)):
                 return False
-        if self.repos and event.repo not in self.repos:
+        if self.repos and event.repo not in self._repo_set:
             return False
         if self.event_types and event.event_type not in self.event_types:
             return False
         return not (self.action and event.event_type not in COLLECTION_EXEMPT
                     and event.action != self.action)
+
+    # Sets for matching: a websocket subscriber may name up to 10,000 DIDs, and each event
+    # is matched against every subscriber's filter.
+    @functools.cached_property
+    def _collection_set(self) -> frozenset[str]:
+        return frozenset(self.collections)
+
+    @functools.cached_property
+    def _repo_set(self) -> frozenset[str]:
+        return frozenset(self.repos)
 
 
 # Event types that pass the commit-only filters (collection, action): consumers need them

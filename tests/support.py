@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import subprocess
@@ -13,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
+import dag_cbor
 import psycopg
+from multiformats import CID
 
 from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.framefile import read_frames
@@ -64,6 +67,46 @@ def renumbered(frames: list[bytes], count: int, first_seq: int = 1) -> list[byte
 def frame(header: dict, body: dict) -> bytes:
     """A frame from a header and body (canonical DAG-CBOR map order)."""
     return cbor2.dumps(header, canonical=True) + cbor2.dumps(body, canonical=True)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def car(blocks: list[tuple[bytes, bytes]]) -> bytes:
+    """A CARv1 slice of ``(binary CID, block)`` pairs, rooted at the first."""
+    header = dag_cbor.encode({"version": 1, "roots": [CID.decode(bytes(blocks[0][0]))]})
+    body = b"".join(_varint(len(c) + len(d)) + c + d for c, d in blocks)
+    return _varint(len(header)) + header + body
+
+
+def record_block(record: object) -> tuple[bytes, bytes]:
+    """``(binary CID, DAG-CBOR bytes)`` of a record, by the reference codec."""
+    data = dag_cbor.encode(record)
+    cid = CID("base32", 1, "dag-cbor", ("sha2-256", hashlib.sha256(data).digest()))
+    return bytes(cid), data
+
+
+def commit_frame(seq: int, repo: str, ops: list[tuple[str, str, object | None]],
+                 rev: str = "3abc", time: str = "2026-11-23T10:00:00.000Z") -> bytes:
+    """A ``#commit`` frame for ``ops`` = ``(action, "collection/rkey", record)`` (record
+    None for deletes), its records in the CAR slice, encoded by the reference codec."""
+    blocks = [record_block(record) for _, _, record in ops if record is not None]
+    cids = iter(blocks)
+    body = {"seq": seq, "repo": repo, "rev": rev, "since": None,
+            "commit": CID.decode(blocks[0][0]) if blocks else None,
+            "blocks": car(blocks) if blocks else b"",
+            "ops": [{"action": action, "path": path,
+                     "cid": None if record is None else CID.decode(next(cids)[0])}
+                    for action, path, record in ops],
+            "time": time, "rebase": False, "tooBig": False, "blobs": []}
+    return dag_cbor.encode({"op": 1, "t": "#commit"}) + dag_cbor.encode(body)
 
 
 @contextlib.contextmanager

@@ -21,37 +21,16 @@ from skywire_trio.firehose.codec import (
     to_json,
 )
 
-from .support import FIXTURES, frame, relay_frames
-
-
-def _car(blocks: list[tuple[bytes, bytes]]) -> bytes:
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            b = n & 0x7F
-            n >>= 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    header = dag_cbor.encode({"version": 1, "roots": [CID.decode(bytes(blocks[0][0]))]})
-    body = b"".join(varint(len(c) + len(d)) + c + d for c, d in blocks)
-    return varint(len(header)) + header + body
-
-
-def _record_block(record: object) -> tuple[bytes, bytes]:
-    data = dag_cbor.encode(record)
-    cid = CID("base32", 1, "dag-cbor", ("sha2-256", hashlib.sha256(data).digest()))
-    return bytes(cid), data
+from .support import FIXTURES, car, frame, record_block, relay_frames
 
 
 def _commit(records: list[object], seq: int = 7, extra_ops: list[dict] | None = None) -> bytes:
-    blocks = [_record_block(r) for r in records]
+    blocks = [record_block(r) for r in records]
     ops = [{"action": "create", "path": f"app.test.thing/r{i}",
             "cid": CID.decode(cid)} for i, (cid, _) in enumerate(blocks)]
     body = {"seq": seq, "repo": "did:plc:test", "rev": "3abc", "since": None,
             "commit": CID.decode(blocks[0][0]) if blocks else None,
-            "blocks": _car(blocks) if blocks else b"", "ops": ops + (extra_ops or []),
+            "blocks": car(blocks) if blocks else b"", "ops": ops + (extra_ops or []),
             "time": "2026-11-23T10:00:00.000Z", "rebase": False, "tooBig": False, "blobs": []}
     return dag_cbor.encode({"op": 1, "t": "#commit"}) + dag_cbor.encode(body)
 
@@ -107,7 +86,7 @@ def _reference_json(value: object) -> object:
 def test_records_match_reference_codec(record, with_link):
     record = {"$type": "app.test.thing", **record}
     if with_link:
-        record["blob"] = {"$type": "blob", "ref": CID.decode(_record_block({"x": 1})[0]),
+        record["blob"] = {"$type": "blob", "ref": CID.decode(record_block({"x": 1})[0]),
                           "mimeType": "image/png", "size": 3}
     [row] = decode_frame(_commit([record])).rows
     assert row.record_error is None
@@ -125,7 +104,7 @@ def test_nul_in_record_keeps_the_event():
 def test_invalid_utf8_record_keeps_the_event():
     bad = b"\xa1\x64text\x62\xff\xfe"  # {"text": <invalid UTF-8>}
     cid = bytes(CID("base32", 1, "dag-cbor", ("sha2-256", hashlib.sha256(bad).digest())))
-    body = {"seq": 9, "repo": "did:plc:test", "rev": "3abc", "blocks": _car([(cid, bad)]),
+    body = {"seq": 9, "repo": "did:plc:test", "rev": "3abc", "blocks": car([(cid, bad)]),
             "ops": [{"action": "create", "path": "app.test.thing/x", "cid": CID.decode(cid)}],
             "time": "2026-11-23T10:00:00Z"}
     [row] = decode_frame(dag_cbor.encode({"op": 1, "t": "#commit"}) + dag_cbor.encode(body)).rows
@@ -148,7 +127,7 @@ def test_missing_block_and_multi_op_commit():
     assert [json.loads(r.record) if r.record else None for r in rows] == [{"a": 1}, {"b": 2}, None]
     # An op whose record is not in the CAR still gives a row, marked.
     missing = _commit([{"a": 1}], extra_ops=[{"action": "create", "path": "app.test.thing/z",
-                                              "cid": CID.decode(_record_block({"z": 1})[0])}])
+                                              "cid": CID.decode(record_block({"z": 1})[0])}])
     rows = decode_frame(missing).rows
     assert rows[1].record is None and "missing" in rows[1].record_error
 

@@ -10,10 +10,9 @@ import dataclasses
 import json
 from collections import Counter
 from datetime import UTC, datetime
+from functools import partial
 
 import trio
-from asyncpg import PostgresError
-from asyncpg.exceptions import InterfaceError
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -22,14 +21,12 @@ from ..log.notify import CommitFeed
 from ..log.reader import ReadSession, ReadStore
 from ..stats import DeliveryStats, IngestStats
 from ..types import PartitionPolicy, PartitionStatus, Token
-from . import auth, params
-from .errors import ApiError
+from . import auth, params, subscribe
+from .errors import DB_ERRORS, ApiError
 from .openapi import OPENAPI
 from .prometheus import render_metrics
 from .status_page import PARTITIONS_TTL, StatusSources, register_static, render_page, status_body
 
-# Database failures the API answers with 503 instead of an error page.
-DB_ERRORS = (OSError, PostgresError, InterfaceError, trio.TooSlowError, TimeoutError)
 # last_used_at is written at most this often per token: a write per request is not worth it.
 TOUCH_INTERVAL = 60.0
 
@@ -54,10 +51,15 @@ class ApiState:
     responses: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
     touched: dict[str, float] = dataclasses.field(default_factory=dict)
     status: StatusSources | None = None  # the status page's sources (None: no page)
+    subscribe_limits: subscribe.Limits = dataclasses.field(default_factory=subscribe.Limits)
 
 
 async def _authenticate(state: ApiState, session: ReadSession) -> Token:
     presented = auth.bearer_token(request.headers.get("Authorization"))
+    return await _authenticate_token(state, session, presented)
+
+
+async def _authenticate_token(state: ApiState, session: ReadSession, presented: str) -> Token:
     digest = auth.token_hash(state.salt, presented)
     token = auth.check_token(await session.token(digest), digest)
     state.limiter.check(token.name, token.rate_limit)
@@ -251,6 +253,7 @@ def create_app(state: ApiState) -> QuartTrio:
         return response
 
     register_static(app)
+    subscribe.register(app, state, partial(_authenticate_token, state))
     del status_page, status_json, events, health, partitions, metrics, openapi, api_error
     del http_error, unexpected, count
     return app

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import trio
+from asyncpg import PostgresError
+from asyncpg.exceptions import InterfaceError
+
+# Database failures the API answers with 503 (a websocket: close code 4503).
+DB_ERRORS = (OSError, PostgresError, InterfaceError, trio.TooSlowError, TimeoutError)
+
 
 class ApiError(Exception):
     """Answered as ``{"error": code, "message": message}`` with ``status``."""

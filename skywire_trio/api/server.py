@@ -14,6 +14,7 @@ from ..log.notify import CommitFeed
 from ..log.partitions import policy_of
 from ..log.reader import ReadStore
 from ..stats import DeliveryStats, IngestStats
+from . import subscribe
 from .app import ApiState, create_app
 from .status_page import StatusSources
 
@@ -32,7 +33,8 @@ async def serve_api(settings: Settings, stats: IngestStats, store: ReadStore, fe
     async with trio.open_nursery() as nursery:
         app = create_app(ApiState(store, stats, feed, settings.api_token_salt,
                                   settings.stall_seconds, partition_policy=policy_of(settings),
-                                  status=status, delivery=delivery or DeliveryStats()))
+                                  status=status, delivery=delivery or DeliveryStats(),
+                                  subscribe_limits=subscribe.Limits.from_settings(settings)))
         binds = await nursery.start(partial(serve, app, config,
                                             shutdown_trigger=trio.sleep_forever))
         log.info("API listening on %s", binds[0])

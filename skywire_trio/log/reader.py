@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import date
+from datetime import date, datetime
 
 import triopg
 
@@ -50,8 +50,8 @@ EVENT_JSON = """
 _EXEMPT = "event_type IN ('identity', 'account')"
 
 
-def event_query(f: EventFilter) -> tuple[str, list[object]]:
-    """The SQL and arguments of one page of events matching ``f``."""
+def _page_where(f: EventFilter) -> tuple[str, list[object]]:
+    """The WHERE clause of a page matching ``f``: ``$1`` is ``since``, ``$2`` the limit."""
     args: list[object] = [f.since, f.limit]
     where = ["id > $1"]
 
@@ -73,16 +73,39 @@ def event_query(f: EventFilter) -> tuple[str, list[object]]:
         where.append(f"event_type = ANY({arg(list(f.event_types))}::text[])")
     if f.action:
         where.append(f"(action = {arg(f.action)} OR {_EXEMPT})")
+    return " AND ".join(where), args
+
+
+def event_query(f: EventFilter) -> tuple[str, list[object]]:
+    """The SQL and arguments of one page of events matching ``f``."""
+    where, args = _page_where(f)
     sql_text = (f"SELECT count(*), min(id), max(id), convert_to(string_agg(event, ',' "
                 f"ORDER BY id), 'UTF8') FROM (SELECT id, {EVENT_JSON} AS event "
-                f"FROM firehose_events WHERE {' AND '.join(where)} ORDER BY id LIMIT $2) page")
+                f"FROM firehose_events WHERE {where} ORDER BY id LIMIT $2) page")
     return sql_text, args
 
 
-_RANGE_QUERY = (f"SELECT id, event_type, collection, repo, action, "
-                f"(extract(epoch FROM indexed_at) * 1000000)::bigint, "
-                f"convert_to({EVENT_JSON}, 'UTF8') FROM firehose_events "
-                f"WHERE id > $1 AND id <= $2 ORDER BY id")
+# The columns of a LogEvent, in its field order.
+_LOG_EVENT = (f"id, event_type, collection, repo, action, "
+              f"(extract(epoch FROM indexed_at) * 1000000)::bigint, "
+              f"convert_to({EVENT_JSON}, 'UTF8')")
+_RANGE_QUERY = f"SELECT {_LOG_EVENT} FROM firehose_events WHERE id > $1 AND id <= $2 ORDER BY id"
+
+# The last id before the first event committed at or after $1: a binary search over ids
+# (gapless, and committed in time order by the single writer), one index probe per step,
+# in one round trip. Filtering by time instead would read a whole day's partition, which
+# has no index on indexed_at. An empty range ends at the head.
+_ID_BEFORE_TIME = """
+WITH RECURSIVE head AS (SELECT coalesce(max(last_id), 0) + 1 AS past FROM firehose_cursor),
+search(low, high) AS (
+    SELECT coalesce((SELECT min(id) FROM firehose_events), past), past FROM head
+  UNION ALL
+    SELECT CASE WHEN e.indexed_at >= $1 THEN s.low ELSE (s.low + s.high) / 2 + 1 END,
+           CASE WHEN e.indexed_at >= $1 THEN (s.low + s.high) / 2 ELSE s.high END
+    FROM search s LEFT JOIN firehose_events e ON e.id = (s.low + s.high) / 2
+    WHERE s.low < s.high
+)
+SELECT low - 1 FROM search WHERE low >= high"""
 
 
 class ReadSession:
@@ -96,6 +119,22 @@ class ReadSession:
         sql_text, args = event_query(f)
         count, first, last, text = await self._conn.fetchrow(sql_text, *args)
         return Page(count, first, last, text or b"")
+
+    async def matching_events(self, f: EventFilter) -> list[LogEvent]:
+        """The page of events matching ``f`` as separate events (one message each)."""
+        where, args = _page_where(f)
+        rows = await self._conn.fetch(
+            f"SELECT {_LOG_EVENT} FROM firehose_events WHERE {where} ORDER BY id LIMIT $2",
+            *args)
+        return [LogEvent(*row) for row in rows]
+
+    async def id_before(self, time: datetime) -> int:
+        """The id after which the events committed at or after ``time`` start.
+
+        The head when nothing was committed that late; one less than the oldest retained
+        id when everything is that late.
+        """
+        return await self._conn.fetchval(_ID_BEFORE_TIME, time)
 
     async def event_range(self, after_id: int, last_id: int) -> list[LogEvent]:
         """Every event with ``after_id < id <= last_id``, in id order, each with its JSON."""

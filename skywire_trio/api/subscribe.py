@@ -1,0 +1,527 @@
+"""``GET /subscribe``: the log as a Jetstream-compatible websocket.
+
+A subscriber names what it wants with Jetstream's query parameters (``wantedCollections``,
+``wantedDids``, ``cursor`` in unix microseconds, ``maxMessageSizeBytes``, ``requireHello``)
+or our own (``since=<id>``, ``wantedKinds``), and may change its filters later with
+Jetstream's ``options_update`` message. It receives the same JSON objects as ``/events``,
+one per text message, in id order: first what the log already holds (read in pages), then
+what is committed while it is connected (from the shared ``CommitFeed``, matched in
+memory, so a thousand live subscribers cost one read per commit).
+
+Every subscriber has a bounded buffer: the feed's channel. One that cannot keep up is cut
+off from the feed and goes back to reading pages from the log; one that, after it has been
+live, is sending events committed more than ``max_lag`` seconds ago, or whose client reads
+nothing for ``stall_seconds``, is closed with 4408 ``consumer_too_slow``. Errors before the upgrade
+are HTTP answers like ``/events``' (400, 401, 403, 429, 503); after it, close codes
+(``CLOSE_CODES`` and docs/consumers.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import trio
+from quart import websocket
+from quart_trio import QuartTrio
+
+from ..log.reader import ReadSession
+from ..types import EventFilter, LogEvent, Token
+from . import auth
+from .errors import DB_ERRORS, ApiError
+from .params import _DID, MAX_ID, _valid_collection, split_collections
+from .ws_writer import MessageWriter
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .app import ApiState
+
+log = logging.getLogger(__name__)
+
+Authenticate = Callable[[ReadSession, str], Awaitable[Token]]
+
+# The kinds Jetstream sends; real Jetstream clients reject others, so the rest (sync,
+# info) only go to subscribers that ask for them with wantedKinds.
+JETSTREAM_KINDS = ("commit", "identity", "account")
+KINDS = ("commit", "identity", "account", "sync", "info")
+MAX_COLLECTIONS = 100  # Jetstream's limits
+MAX_DIDS = 10_000
+# A client message (options_update) of more characters is refused with 1009. Hypercorn
+# itself closes with 1009 (no reason) above its own websocket_max_message_size (16 MiB).
+MAX_CLIENT_MESSAGE = 1024 * 1024
+MAX_MESSAGE_SIZE = 2**32 - 1  # maxMessageSizeBytes is a uint32 in Jetstream
+PAGE_SIZE = 500  # events per page while catching up from the log
+# One write to the socket carries at most this many events or about this many bytes:
+# the stall bound is about one write, so a client that reads even slowly finishes one
+# well within it.
+WRITE_EVENTS = 256
+WRITE_BYTES = 64 * 1024
+_KNOWN = {"wantedCollections", "wantedDids", "cursor", "maxMessageSizeBytes", "requireHello",
+          "compress", "since", "wantedKinds", "token"}
+
+# Close codes after the upgrade: 4000 + the HTTP status the same problem gets before it.
+BAD_REQUEST = 4400
+UNAUTHORIZED = 4401
+FORBIDDEN = 4403
+TOO_SLOW = 4408
+RATE_LIMITED = 4429
+UNAVAILABLE = 4503
+MESSAGE_TOO_BIG = 1009
+CLOSE_CODES = {
+    BAD_REQUEST: "bad_request: an options_update that is not valid JSON or not valid options",
+    UNAUTHORIZED: "revoked_token: the token was revoked while connected",
+    FORBIDDEN: "out_of_scope: an options_update outside the token's scope",
+    TOO_SLOW: "consumer_too_slow: fell too far behind the head, or read nothing for too long",
+    RATE_LIMITED: "rate_limited: options_update messages beyond the token's rate",
+    UNAVAILABLE: "database_unavailable: the log could not be read; reconnect with a cursor",
+    MESSAGE_TOO_BIG: "message_too_big: a client message over 1 MiB",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The per-service bounds of /subscribe (see ``Settings``)."""
+
+    max_connections: int = 2000
+    # Once live, a subscriber is closed when the event it is sending was committed more
+    # than this many seconds ago (it reads, but slower than the log grows) ...
+    max_lag: float = 120.0
+    # ... or when one message has waited this long for a client that reads nothing.
+    stall_seconds: float = 30.0
+    # Committed batches a live subscriber may have waiting: its buffer (a batch is what
+    # one commit wrote, ~50 events at 500 events/s). Past it: back to reading pages.
+    buffer_batches: int = 64
+    token_recheck: float = 60.0  # seconds between checks that the token was not revoked
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits configured for the service."""
+        return cls(settings.subscribe_max_connections, settings.subscribe_max_lag,
+                   settings.subscribe_stall_seconds, settings.subscribe_buffer,
+                   settings.subscribe_token_recheck)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What a subscriber wants: the filter (``since``/``limit`` unused) and a size cap."""
+
+    filter: EventFilter
+    max_message_size: int  # 0: no cap; larger events are skipped, as Jetstream does
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscription:
+    """A validated /subscribe request, before the token's scope is applied."""
+
+    collections: tuple[str, ...]
+    dids: tuple[str, ...]
+    kinds: tuple[str, ...]  # empty: Jetstream's kinds
+    max_message_size: int
+    since: int | None  # the id to start after; None: from cursor_us, or live
+    cursor_us: int | None
+    require_hello: bool
+    token: str | None
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+def _one(args: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = args.get(name) or []
+    if len(values) > 1:
+        raise _bad(f"{name} may be given once")
+    return values[0] if values else None
+
+
+def _integer(raw: str | None, name: str, high: int) -> int | None:
+    if raw is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or int(raw) > high:
+        raise _bad(f"{name} must be an integer from 0 to {high}")
+    return int(raw)
+
+
+def _boolean(raw: str | None, name: str) -> bool:
+    if raw not in (None, "true", "false"):
+        raise _bad(f"{name} must be true or false")
+    return raw == "true"
+
+
+def _collections(values: Sequence[object]) -> tuple[str, ...]:
+    collections = tuple(dict.fromkeys(values))
+    if len(collections) > MAX_COLLECTIONS:
+        raise _bad(f"at most {MAX_COLLECTIONS} wantedCollections")
+    for value in collections:
+        if not isinstance(value, str) or not _valid_collection(value):
+            raise _bad(f"wantedCollections {str(value)[:100]!r} is not an NSID or an NSID "
+                       "prefix ending in .*")
+    return collections  # type: ignore[return-value]
+
+
+def _dids(values: Sequence[object]) -> tuple[str, ...]:
+    dids = tuple(dict.fromkeys(values))
+    if len(dids) > MAX_DIDS:
+        raise _bad(f"at most {MAX_DIDS} wantedDids")
+    for value in dids:
+        if not isinstance(value, str) or not _DID.fullmatch(value):
+            raise _bad(f"wantedDids {str(value)[:100]!r} is not a DID")
+    return dids  # type: ignore[return-value]
+
+
+def parse_subscription(args: Mapping[str, Sequence[str]]) -> Subscription:
+    """Validate the query string of /subscribe (``args``: each name's values)."""
+    unknown = sorted(set(args) - _KNOWN)
+    if unknown:
+        raise _bad(f"unknown parameter {unknown[0][:100]!r}")
+    if _boolean(_one(args, "compress"), "compress"):
+        raise _bad("compress=true (zstd) is not supported: leave it out for JSON text")
+    kinds = tuple(dict.fromkeys(args.get("wantedKinds") or []))
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise _bad(f"wantedKinds must be among {', '.join(KINDS)}")
+    since = _integer(_one(args, "since"), "since", MAX_ID)
+    cursor = _integer(_one(args, "cursor"), "cursor", MAX_ID)
+    if since is not None and cursor is not None:
+        raise _bad("give cursor (a time) or since (an id), not both")
+    if cursor is not None and cursor > _now_us():
+        cursor = None  # a cursor in the future means live, as on Jetstream
+    return Subscription(
+        collections=_collections(args.get("wantedCollections") or []),
+        dids=_dids(args.get("wantedDids") or []),
+        kinds=kinds,
+        max_message_size=_integer(_one(args, "maxMessageSizeBytes"), "maxMessageSizeBytes",
+                                  MAX_MESSAGE_SIZE) or 0,
+        since=since,
+        cursor_us=cursor,
+        require_hello=_boolean(_one(args, "requireHello"), "requireHello"),
+        token=_one(args, "token"),
+    )
+
+
+def parse_options_update(message: str) -> tuple[tuple[str, ...], tuple[str, ...], int] | None:
+    """The collections, DIDs and size cap of an ``options_update``; None for other types.
+
+    Like Jetstream: other message types are ignored; absent fields mean "all" and "no cap".
+    """
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        raise _bad("a client message must be JSON") from None
+    if not isinstance(parsed, dict):
+        raise _bad("a client message must be a JSON object with a type")
+    if parsed.get("type") != "options_update":
+        return None
+    payload = parsed.get("payload")
+    if not isinstance(payload, dict):
+        raise _bad("options_update needs a payload object")
+    collections = payload.get("wantedCollections") or []
+    dids = payload.get("wantedDids") or []
+    size = payload.get("maxMessageSizeBytes") or 0
+    if not isinstance(collections, list) or not isinstance(dids, list):
+        raise _bad("wantedCollections and wantedDids must be lists")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_MESSAGE_SIZE:
+        raise _bad(f"maxMessageSizeBytes must be an integer from 0 to {MAX_MESSAGE_SIZE}")
+    return _collections(collections), _dids(dids), size
+
+
+def scoped_options(collections: tuple[str, ...], dids: tuple[str, ...],
+                   kinds: tuple[str, ...], max_message_size: int, token: Token) -> Options:
+    """The options within ``token``'s scope, exactly as /events narrows (403 outside it).
+
+    Without ``wantedKinds`` a subscriber gets Jetstream's kinds, within the token's scope.
+    """
+    if not kinds:
+        kinds = tuple(k for k in JETSTREAM_KINDS
+                      if not token.event_types or k in token.event_types)
+        if not kinds:
+            raise ApiError(403, "out_of_scope", "this token's scope has none of the kinds "
+                           f"Jetstream sends ({', '.join(JETSTREAM_KINDS)}); ask for "
+                           "wantedKinds explicitly")
+    requested = EventFilter(repos=dids, event_types=kinds)
+    narrowed, scoped = auth.narrow(requested, collections, token)
+    exact, prefixes = split_collections(scoped)
+    return Options(dataclasses.replace(narrowed, collections=exact, prefixes=prefixes),
+                   max_message_size)
+
+
+def _now_us() -> int:
+    now = datetime.now(UTC)
+    return int(now.timestamp()) * 1_000_000 + now.microsecond
+
+
+def _time_of(time_us: int) -> datetime:
+    """Unix microseconds as an exact datetime (a float would lose microseconds)."""
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=time_us)
+
+
+def _close_reason(code: str, message: str) -> str:
+    """``code: message`` within the 123 bytes a close frame allows."""
+    return f"{code}: {message}".encode()[:123].decode(errors="ignore")
+
+
+class _Hub:
+    """What the subscribers of one app share: the state, the limits, who is connected."""
+
+    def __init__(self, state: ApiState, authenticate: Authenticate) -> None:
+        self.state = state
+        self.authenticate = authenticate
+        self.limits = state.subscribe_limits
+        self.connections: set[Subscriber] = set()
+
+
+class Subscriber:
+    """One accepted websocket: replay, then live, until closed."""
+
+    def __init__(self, hub: _Hub, token: Token, options: Options, since: int | None,
+                 kinds: tuple[str, ...], require_hello: bool) -> None:
+        self._hub = hub
+        self._feed = hub.state.feed
+        self._socket = websocket._get_current_object()  # once: the proxy costs per call
+        self._writer = MessageWriter(self._socket)
+        self.token = token
+        self.options = options
+        self.kinds = kinds  # as asked for (empty: Jetstream's); fixed for the connection
+        self.position = since  # every event up to this id has been dealt with
+        self.went_live = False
+        self._stats = hub.state.stats
+        # While a message is being written: since when (trio clock), and its commit time.
+        self._sending: tuple[float, int] | None = None
+        self._hello = trio.Event()
+        if not require_hello:
+            self._hello.set()
+        self._closing: tuple[int, str] | None = None
+        self._close_requested = trio.Event()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close with ``code`` (the first reason wins)."""
+        if self._closing is None:
+            self._closing = (code, reason)
+            self._close_requested.set()
+            if code == TOO_SLOW:
+                self._stats.subscribe_too_slow += 1
+
+    def _fail_api(self, exc: ApiError) -> None:
+        self._fail(4000 + exc.status, _close_reason(exc.code, exc.message))
+
+    async def run(self) -> None:
+        """Serve until the client goes away or a bound closes it."""
+        async with trio.open_nursery() as nursery:
+            work = trio.CancelScope()
+            nursery.start_soon(self._work, work)
+            await self._close_requested.wait()
+            work.cancel()
+            code, reason = self._closing or (1000, "")
+            # Sent after the message in flight, if any: a client that stalled gets what
+            # was already in its socket, then this close frame, once it reads again.
+            await self._socket.close(code, reason)
+
+    async def _work(self, scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guard, self._pump)
+                nursery.start_soon(self._guard, self._read_messages)
+                nursery.start_soon(self._guard, self._watch)
+
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+        except ApiError as exc:
+            self._fail_api(exc)
+        except DB_ERRORS as exc:
+            log.warning("subscriber closed: the log could not be read: %s", exc)
+            self._fail(UNAVAILABLE, "database_unavailable: the log could not be read; "
+                       "reconnect with your cursor")
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _wanted(self, event: LogEvent, options: Options) -> bool:
+        return options.filter.matches(event) and not (
+            options.max_message_size and len(event.json) > options.max_message_size)
+
+    async def _send(self, candidates: Sequence[LogEvent], read_with: Options | None = None
+                    ) -> bool:
+        """Send the ``candidates`` (in id order, after ``position``) the options want.
+
+        Each write is chosen with the options current when it is made, so an
+        options_update applies from the next write on. ``read_with``: the options the
+        candidates were read from the log with; when they change, stop (False) so that
+        the caller reads again from ``position``.
+        """
+        index = 0
+        while index < len(candidates):
+            options = self.options
+            if read_with is not None and options is not read_with:
+                return False
+            chosen = []
+            size = 0
+            while index < len(candidates) and len(chosen) < WRITE_EVENTS \
+                    and size < WRITE_BYTES:
+                event = candidates[index]
+                index += 1
+                if self._wanted(event, options):
+                    chosen.append(event)
+                    size += len(event.json)
+            if chosen:
+                # Cancelled (closing) while the previous write was in flight: stop here,
+                # before the websocket refuses data after its close frame.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                self._sending = (trio.current_time(), chosen[0].time_us)
+                await self._writer.write([event.json for event in chosen])
+                self._sending = None
+                self._stats.subscribe_messages += len(chosen)
+            self.position = candidates[index - 1].id
+        return True
+
+    async def _pump(self) -> None:
+        """Replay from the log, then follow the feed; back to pages when cut off."""
+        await self._hello.wait()
+        while True:
+            if self.position is not None:
+                # Catch up without a subscription first: a long replay would only
+                # overflow it.
+                await self._page()
+            with self._feed.subscribe(self._hub.limits.buffer_batches) as subscription:
+                if self.position is None:
+                    self.position = subscription.start
+                else:
+                    await self._page()  # the commits since the catch-up
+                self.position = max(self.position, subscription.start)
+                self.went_live = True
+                async for batch in subscription.receive:
+                    candidates = [e for e in batch.events if e.id > self.position]
+                    last_id = batch.last_id
+                    # Commits already waiting go out in the same write.
+                    while len(candidates) < WRITE_EVENTS:
+                        try:
+                            more = subscription.receive.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        candidates += more.events
+                        last_id = more.last_id
+                    await self._send(candidates)
+                    self.position = max(self.position, last_id)
+            # The channel ended: this subscriber was too slow for the feed and was cut off.
+            self._stats.subscribe_fallbacks += 1
+
+    async def _page(self) -> None:
+        """Send what the log holds after ``position`` until a page is not full."""
+        assert self.position is not None
+        while True:
+            options = self.options
+            head = self._feed.head  # the query below sees at least this much
+            async with self._hub.state.store.session() as session:
+                events = await session.matching_events(
+                    dataclasses.replace(options.filter, since=self.position, limit=PAGE_SIZE))
+            if not await self._send(events, read_with=options):
+                continue  # the filters changed: read again from position with the new ones
+            if len(events) < PAGE_SIZE:
+                # Nothing else matched up to the head the query saw.
+                self.position = max(self.position, head)
+                return
+
+    # -- the client's messages ------------------------------------------------------------
+
+    async def _read_messages(self) -> None:
+        state = self._hub.state
+        while True:
+            message = await self._socket.receive()
+            if isinstance(message, bytes):
+                continue  # Jetstream ignores binary messages
+            if len(message) > MAX_CLIENT_MESSAGE:
+                self._fail(MESSAGE_TOO_BIG, _close_reason(
+                    "message_too_big", f"client messages are limited to {MAX_CLIENT_MESSAGE} "
+                    "characters"))
+                return
+            update = parse_options_update(message)
+            if update is None:
+                continue
+            # Option updates count against the token's rate, like requests.
+            state.limiter.check(self.token.name, self.token.rate_limit)
+            collections, dids, size = update
+            self.options = scoped_options(collections, dids, self.kinds, size, self.token)
+            self._hello.set()
+
+    # -- bounds ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        limits = self._hub.limits
+        state = self._hub.state
+        checked = trio.current_time()
+        while True:
+            await trio.sleep(min(1.0, limits.stall_seconds / 4, limits.max_lag / 4,
+                                 limits.token_recheck))
+            now = trio.current_time()
+            sending = self._sending
+            if sending is not None and now - sending[0] > limits.stall_seconds:
+                self._fail(TOO_SLOW, _close_reason(
+                    "consumer_too_slow", f"nothing read for {limits.stall_seconds:g} s"))
+                return
+            if sending is not None and self.went_live and \
+                    _now_us() - sending[1] > limits.max_lag * 1e6:
+                self._fail(TOO_SLOW, _close_reason(
+                    "consumer_too_slow", f"more than {limits.max_lag:g} s behind the log"))
+                return
+            if now - checked >= limits.token_recheck:
+                checked = now
+                async with state.store.session() as session:
+                    stored = await session.token(self.token.token_hash)
+                if stored is None or stored.revoked:
+                    self._fail(UNAUTHORIZED, "revoked_token: this token has been revoked")
+                    return
+
+
+def _presented_token(subscription: Subscription) -> str:
+    """The token from the Authorization header, or else from ``?token=``."""
+    header = websocket.headers.get("Authorization")
+    if header or subscription.token is None:
+        return auth.bearer_token(header)
+    return auth.bearer_token(f"Bearer {subscription.token}")
+
+
+async def _subscribe(hub: _Hub) -> None:
+    state = hub.state
+    # Everything that can be refused is refused before the upgrade, as an HTTP answer.
+    subscription = parse_subscription(websocket.args.to_dict(flat=False))
+    presented = _presented_token(subscription)
+    if len(hub.connections) >= hub.limits.max_connections:
+        raise ApiError(503, "too_many_subscribers",
+                       f"this service serves at most {hub.limits.max_connections} "
+                       "subscribers; retry later", {"Retry-After": "5"})
+    async with state.store.session() as session:
+        token = await hub.authenticate(session, presented)
+        options = scoped_options(subscription.collections, subscription.dids,
+                                 subscription.kinds, subscription.max_message_size, token)
+        since = subscription.since
+        if subscription.cursor_us is not None:
+            since = await session.id_before(_time_of(subscription.cursor_us))
+    subscriber = Subscriber(hub, token, options, since, subscription.kinds,
+                            subscription.require_hello)
+    await websocket.accept()
+    hub.connections.add(subscriber)
+    state.stats.subscribers = len(hub.connections)
+    try:
+        await subscriber.run()
+    finally:
+        hub.connections.discard(subscriber)
+        state.stats.subscribers = len(hub.connections)
+
+
+def register(app: QuartTrio, state: ApiState, authenticate: Authenticate) -> None:
+    """Add ``GET /subscribe`` to ``app``; ``authenticate`` checks a presented token."""
+    hub = _Hub(state, authenticate)
+
+    @app.websocket("/subscribe")
+    async def subscribe() -> None:
+        await _subscribe(hub)
+
+    del subscribe
+
+
+__all__ = ["CLOSE_CODES", "JETSTREAM_KINDS", "Limits", "parse_options_update",
+           "parse_subscription", "register"]

@@ -1,0 +1,145 @@
+"""Many /subscribe websockets on the real service process while it ingests at ~500 events/s.
+
+The issue asks for 500 concurrent subscribers; that is the benchmark's job
+(scripts/bench_subscribe.py). Here 100 subscribers (10 unfiltered, 90 on one collection
+each) share the machine's two cores with the service, PostgreSQL and the relay, and one
+more subscriber stalls on purpose.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import trio
+
+from skywire_trio.api import subscribe
+from skywire_trio.firehose.codec import decode_frame
+from skywire_trio.firehose.framefile import write_frames
+
+from . import wsclient
+from .support import (
+    ROOT,
+    free_port,
+    query,
+    relay_frames,
+    renumbered,
+    service_env,
+    service_process,
+    wait_for,
+)
+from .test_api import SALT, _make_token
+
+FRAMES = 2500
+RATE = 500
+COLLECTIONS = ["app.bsky.feed.like", "app.bsky.feed.post", "app.bsky.feed.repost",
+               "app.bsky.graph.follow", "app.bsky.graph.block", "app.bsky.actor.status",
+               "fm.teal.alpha.actor.status"]
+UNFILTERED = 10
+SINGLE = 90
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _listening(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def _expected(database: str, collection: str | None) -> list[int]:
+    where = "event_type IN ('commit', 'identity', 'account')"
+    if collection:
+        where += (f" AND (collection = '{collection}' OR event_type IN "
+                  "('identity', 'account'))")
+    return [i for (i,) in query(database, f"SELECT id FROM firehose_events WHERE {where} "
+                                          "ORDER BY id")]
+
+
+async def test_many_subscribers_during_ingest_and_a_stalled_one(database, tmp_path):
+    frames = renumbered(relay_frames(), FRAMES)
+    recording = tmp_path / "live.bin"
+    write_frames(recording, frames)
+    total = sum(len(decode_frame(f).rows) for f in frames)
+    relay_port = free_port()
+    env = service_env(database, f"ws://127.0.0.1:{relay_port}", tmp_path,
+                      API_TOKEN_SALT=SALT, SKYWIRE_SUBSCRIBE_STALL_SECONDS="5")
+    token = _make_token(database, "load")
+    port = int(env["PORT"])
+    filters = [None] * UNFILTERED + [COLLECTIONS[i % len(COLLECTIONS)] for i in range(SINGLE)]
+    received: list[list[tuple[int, float, int]]] = [[] for _ in filters]
+
+    def target(collection: str | None) -> str:
+        params = {"token": token, "since": 0}
+        if collection:
+            params["wantedCollections"] = collection
+        return "/subscribe?" + urlencode(params)
+
+    async def follow(subscriber: wsclient.Subscriber, index: int) -> None:
+        while messages := await subscriber.receive():
+            now = time.time()
+            received[index] += [(wsclient.event_id(m), now, wsclient.event_time_us(m))
+                                for m in messages]
+
+    with service_process(env, tmp_path / "service.log") as service:
+        assert wait_for(lambda: _listening(port), 30)
+        async with trio.open_nursery() as nursery:
+            for index, collection in enumerate(filters):
+                subscriber = await wsclient.Subscriber.connect("127.0.0.1", port,
+                                                               target(collection))
+                nursery.start_soon(follow, subscriber, index)
+            # One more, live, that never reads.
+            stalled = await wsclient.Subscriber.connect("127.0.0.1", port, target(None))
+            # Every subscriber is connected: now the relay starts, at ~500 frames/s.
+            relay = subprocess.Popen(
+                [sys.executable, "-m", "skywire_trio", "replay", str(recording),
+                 "--port", str(relay_port), "--rate", str(RATE)], cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                started = trio.current_time()
+                peak_rss = 0
+                while query(database, "SELECT last_id FROM firehose_cursor")[0][0] < total:
+                    assert trio.current_time() - started < 60, "ingest did not finish"
+                    peak_rss = max(peak_rss, _rss_kib(service.pid))
+                    await trio.sleep(0.2)
+                ingest_seconds = trio.current_time() - started
+            finally:
+                relay.terminate()
+                relay.wait(10)
+            expected = {c: _expected(database, c) for c in set(filters)}
+            with trio.fail_after(30):
+                for index, collection in enumerate(filters):
+                    while not received[index] or \
+                            received[index][-1][0] < expected[collection][-1]:
+                        await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        # The stalled subscriber was closed; reading now, it gets what was in its socket,
+        # in order, then the close frame.
+        buffered = []
+        with trio.fail_after(10):
+            while messages := await stalled.receive():
+                buffered += [wsclient.event_id(m) for m in messages]
+        await stalled.aclose()
+        assert (stalled.close_code, stalled.close_reason) == (
+            subscribe.TOO_SLOW, "consumer_too_slow: nothing read for 5 s")
+        assert 0 < len(buffered) < len(expected[None])
+        assert buffered == [i for i in expected[None] if i >= buffered[0]][:len(buffered)]
+    assert ingest_seconds > FRAMES / RATE * 0.8  # it really was paced
+    for index, collection in enumerate(filters):
+        assert [i for i, _, _ in received[index]] == expected[collection], (index, collection)
+    # No subscriber was held up by the others or by the stalled one: each got its last
+    # event soon after its commit (generous: the machine is shared with other work).
+    delays = sorted(at - time_us / 1e6 for r in received for _, at, time_us in r[-1:])
+    assert delays[-1] < 10, f"slowest last delivery {delays[-1]:.1f} s after commit"
+    assert peak_rss < 400 * 1024, f"service RSS reached {peak_rss} KiB"
