@@ -30,11 +30,12 @@ import trio
 from quart import websocket
 from quart_trio import QuartTrio
 
+from ..identifiers import EVENT_TYPES, split_collections, valid_collection, valid_did
 from ..log.reader import ReadSession
 from ..types import EventFilter, LogEvent, Token
 from . import auth
 from .errors import DB_ERRORS, ApiError
-from .params import _DID, MAX_ID, _valid_collection, split_collections
+from .params import MAX_ID
 from .ws_writer import MessageWriter
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ Authenticate = Callable[[ReadSession, str], Awaitable[Token]]
 # The kinds Jetstream sends; real Jetstream clients reject others, so the rest (sync,
 # info) only go to subscribers that ask for them with wantedKinds.
 JETSTREAM_KINDS = ("commit", "identity", "account")
-KINDS = ("commit", "identity", "account", "sync", "info")
+KINDS = EVENT_TYPES
 MAX_COLLECTIONS = 100  # Jetstream's limits
 MAX_DIDS = 10_000
 # A client message (options_update) of more characters is refused with 1009. Hypercorn
@@ -158,7 +159,7 @@ def _collections(values: Sequence[object]) -> tuple[str, ...]:
     if len(collections) > MAX_COLLECTIONS:
         raise _bad(f"at most {MAX_COLLECTIONS} wantedCollections")
     for value in collections:
-        if not isinstance(value, str) or not _valid_collection(value):
+        if not isinstance(value, str) or not valid_collection(value):
             raise _bad(f"wantedCollections {str(value)[:100]!r} is not an NSID or an NSID "
                        "prefix ending in .*")
     return collections  # type: ignore[return-value]
@@ -169,7 +170,7 @@ def _dids(values: Sequence[object]) -> tuple[str, ...]:
     if len(dids) > MAX_DIDS:
         raise _bad(f"at most {MAX_DIDS} wantedDids")
     for value in dids:
-        if not isinstance(value, str) or not _DID.fullmatch(value):
+        if not isinstance(value, str) or not valid_did(value):
             raise _bad(f"wantedDids {str(value)[:100]!r} is not a DID")
     return dids  # type: ignore[return-value]
 
