@@ -229,14 +229,23 @@ class Settings:
     batch_interval: float = seconds("SKYWIRE_BATCH_INTERVAL", 0.1, 0.001, 60.0,
                                     "... or this long after the first event of a batch",
                                     common=True)
+    batch_linger: float = seconds(
+        "SKYWIRE_BATCH_LINGER", 0.002, 0.0, 60.0,
+        "... or when no frame arrived for this long (group commit); at most "
+        "`SKYWIRE_BATCH_INTERVAL`", common=True)
     # Reader -> batcher channel, counted in frames (one frame = one commit = up to 200 ops).
     buffer_frames: int = integer("SKYWIRE_BUFFER_FRAMES", 2000, 1, 1_000_000,
                                  "reader -> batcher channel capacity, in frames")
     overflow_grace: float = seconds(
         "SKYWIRE_OVERFLOW_GRACE", 10.0, 0.01, 3600.0,
         "how long the reader may wait on a full buffer before ingest restarts")
-    read_timeout: float = seconds("SKYWIRE_READ_TIMEOUT", 30.0, 0.1, 3600.0,
-                                  "an upstream silent this long is treated as dead")
+    read_timeout: float = seconds(
+        "SKYWIRE_READ_TIMEOUT", 30.0, 0.1, 3600.0,
+        "an upstream that sends neither data nor a pong for this long is treated as dead")
+    ping_interval: float = seconds(
+        "SKYWIRE_PING_INTERVAL", 0.0, 0.0, 3600.0,
+        "an upstream quiet this long is pinged (a pong counts as life), and again at this "
+        "interval; less than `SKYWIRE_READ_TIMEOUT`. `0`: a third of `SKYWIRE_READ_TIMEOUT`")
     backoff_min: float = seconds("SKYWIRE_BACKOFF_MIN", 1.0, 0.01, 600.0,
                                  "first reconnect / restart delay (full jitter)")
     backoff_max: float = seconds("SKYWIRE_BACKOFF_MAX", 60.0, 0.01, 3600.0,
@@ -290,6 +299,14 @@ class Settings:
         "SKYWIRE_PARTITION_MANAGER", "builtin", ("builtin", "pg_partman"),
         "who creates and drops partitions: our manager, or pg_partman 5 (ours then only "
         "checks at start and reports; docs/operations.md)", common=True)
+    test_hold_commit: float = seconds(
+        "SKYWIRE_TEST_HOLD_COMMIT", 0.0, 0.0, 60.0,
+        "tests only: hold each batch this long between its cursor update and its COMMIT")
+
+    @property
+    def ping_every(self) -> float:
+        """The effective ping interval (``ping_interval``, or a third of the read timeout)."""
+        return self.ping_interval or self.read_timeout / 3
 
     @property
     def subscribe_url(self) -> str:
@@ -360,6 +377,16 @@ def _check_together(settings: Settings, wanted: set[str] | None) -> None:
             settings.crash_backoff_max < settings.crash_backoff_min:
         raise ConfigError("SKYWIRE_CRASH_BACKOFF_MAX must not be smaller than "
                           "SKYWIRE_CRASH_BACKOFF_MIN")
+    if read("batch_linger", "batch_interval") and \
+            settings.batch_linger > settings.batch_interval:
+        raise ConfigError("SKYWIRE_BATCH_LINGER must not be longer than SKYWIRE_BATCH_INTERVAL "
+                          f"({_number(settings.batch_interval)}), got "
+                          f"{_number(settings.batch_linger)}")
+    if read("ping_interval", "read_timeout") and \
+            settings.ping_interval >= settings.read_timeout:
+        raise ConfigError("SKYWIRE_PING_INTERVAL must be less than SKYWIRE_READ_TIMEOUT "
+                          f"({_number(settings.read_timeout)}), got "
+                          f"{_number(settings.ping_interval)}")
     if settings.environment != "production":
         return
     if read("api_token_salt") and (settings.api_token_salt == DEV_TOKEN_SALT

@@ -36,6 +36,11 @@ class IngestStats:
     last_id: int = 0
     last_event_time: datetime | None = None
     last_commit_monotonic: float | None = None
+    # Upstream liveness, trio clock: the last frame received (any connection), the last
+    # pong on the current connection and its round trip.
+    last_frame_monotonic: float | None = None
+    last_pong_monotonic: float | None = None
+    ping_round_trip: float | None = None  # seconds, the last pong's
     ingest_started: float | None = None  # trio clock, start of the current ingest run
     default_partition_rows: int = 0  # as of the last partition maintenance pass
     partitions_dropped: int = 0

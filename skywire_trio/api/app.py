@@ -119,6 +119,9 @@ def _health_body(state: ApiState, database_ok: bool,
     last_event = stats.last_event_time
     lag = (datetime.now(UTC) - last_event).total_seconds() if last_event else None
     since_commit = now - stats.last_commit_monotonic if stats.last_commit_monotonic else None
+    # A quiet upstream that answers pings is connected and healthy; these show the silence.
+    since_event = now - stats.last_frame_monotonic if stats.last_frame_monotonic else None
+    since_pong = now - stats.last_pong_monotonic if stats.last_pong_monotonic else None
     disconnected_for = (now - stats.disconnected_since
                         if not stats.upstream_connected and stats.disconnected_since is not None
                         else 0.0)
@@ -137,6 +140,8 @@ def _health_body(state: ApiState, database_ok: bool,
         "last_event_time": last_event.isoformat() if last_event else None,
         "lag_seconds": round(lag, 3) if lag is not None else None,
         "seconds_since_commit": round(since_commit, 3) if since_commit is not None else None,
+        "seconds_since_event": round(since_event, 3) if since_event is not None else None,
+        "seconds_since_pong": round(since_pong, 3) if since_pong is not None else None,
         "buffered_events": stats.buffered_frames,
         "default_partition_rows": stats.default_partition_rows,
         "ingest_restarts": stats.ingest_restarts,

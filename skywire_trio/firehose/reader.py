@@ -20,7 +20,7 @@ import trio
 from ..config import Settings
 from ..stats import IngestStats
 from .codec import Frame, FrameError, decode_frame
-from .receiver import BINARY, COMMAND, CONNECTED, TEXT, RecordBuffer
+from .receiver import BINARY, COMMAND, CONNECTED, LOG, PONG, TEXT, RecordBuffer, decode_log
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ async def read_upstream(settings: Settings, cursor: int | None,
     """Connect after ``cursor`` and feed decoded frames to ``send`` until something fails."""
     url = subscribe_url(settings, cursor)
     process = await trio.lowlevel.open_process(
-        [*COMMAND, url, str(settings.read_timeout)],
+        [*COMMAND, url, str(settings.read_timeout), str(settings.ping_interval)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         await _read_records(process.stdout, url, cursor, send, settings, stats)
@@ -107,17 +107,50 @@ async def _read_records(stdout: trio.abc.ReceiveStream, url: str, last_seq: int 
     """Handle the receiver's records until it says the connection is over (or its pipe ends)."""
     records = RecordBuffer()
     while data := await stdout.receive_some(PIPE_READ_BYTES):
+        frames = False
         for kind, payload in records.feed(data):
             if kind == BINARY:
+                frames = True
                 last_seq = await _accept(payload, last_seq, send, settings, stats)
+            elif kind == PONG:
+                _pong(float(payload), stats)
+            elif kind == LOG:
+                level, name, message = decode_log(payload)
+                logging.getLogger(name).log(level, "%s", message)
             elif kind == TEXT:
+                frames = True
                 _reject(payload, "text message where a binary frame was expected", settings,
                         stats)
             elif kind == CONNECTED:
                 stats.upstream_connected, stats.disconnected_since = True, None
+                stats.last_pong_monotonic = None  # pongs are per connection; data is not
                 log.info("connected to %s", url)
             else:
                 raise UpstreamError(payload.decode("utf-8", "replace"))
+        if frames:
+            _data(stats)
+
+
+def _data(stats: IngestStats) -> None:
+    """Frames arrived (once per pipe read, not per frame)."""
+    now = trio.current_time()
+    quiet_since, pong = stats.last_frame_monotonic, stats.last_pong_monotonic
+    if pong is not None and quiet_since is not None and pong > quiet_since:
+        log.info("upstream sent data again after %.1fs of quiet", now - quiet_since)
+    stats.last_frame_monotonic = now
+
+
+def _pong(round_trip: float, stats: IngestStats) -> None:
+    """The upstream answered a ping: it is quiet, not dead."""
+    now = trio.current_time()
+    quiet_since = stats.last_frame_monotonic
+    if stats.last_pong_monotonic is None or (
+            quiet_since is not None and stats.last_pong_monotonic < quiet_since):
+        # First pong of this quiet spell (one line per spell, not per ping).
+        quiet = f"{now - quiet_since:.1f}s" if quiet_since is not None else "since connecting"
+        log.info("upstream quiet (no data for %s) but answering pings (round trip %.1f ms)",
+                 quiet, round_trip * 1000)
+    stats.last_pong_monotonic, stats.ping_round_trip = now, round_trip
 
 
 def _reject(message: bytes, reason: str, settings: Settings, stats: IngestStats) -> None:

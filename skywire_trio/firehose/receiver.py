@@ -5,13 +5,21 @@ trio-websocket and wsproto, so it could not commit 15,000 events/s. Here the web
 runs on the other core; the service decodes and commits. (Decoding here as well left this
 process at ~64 us a frame and the service at ~15: the split below is the balanced one.)
 
-Started by the reader as ``COMMAND + [URL, READ_TIMEOUT]``. One process is one
-connection. It writes records to stdout, each a u32 big-endian length, a kind byte and a
+Started by the reader as ``COMMAND + [URL, READ_TIMEOUT, PING_INTERVAL]``. One process is
+one connection. It writes records to stdout, each a u32 big-endian length, a kind byte and a
 payload, in order:
 
 - ``CONNECTED`` (no payload) once the websocket is open;
 - ``BINARY`` / ``TEXT``: one websocket message, as received (text as UTF-8);
-- ``CLOSED``: why the connection ended or was given up as silent (UTF-8), always last.
+- ``PONG``: the upstream answered a ping (payload: the round trip in seconds, ASCII);
+- ``LOG``: a log line of this process (``<levelno> <logger name> <message>``, UTF-8), which
+  the service logs through its own handlers, so it comes out in the service's format;
+- ``CLOSED``: why the connection ended or was given up as dead (UTF-8), always last.
+
+Liveness: after ``PING_INTERVAL`` seconds without data the receiver pings, and again every
+``PING_INTERVAL`` while neither data nor a pong arrives. A pong counts as life, so a quiet
+upstream that answers pings keeps its connection; one that sends neither data nor pongs for
+``READ_TIMEOUT`` seconds is dead. (An interval of 0, or not below the timeout, means no pings.)
 
 It exits when the connection ends, and as soon as its stdin reaches end of file, which is
 how it learns that the service stopped or died (even by SIGKILL). A full stdout pipe
@@ -21,11 +29,13 @@ how it learns that the service stopped or died (even by SIGKILL). A full stdout 
 from __future__ import annotations
 
 import fcntl
+import logging
 import math
 import os
 import signal
 import struct
 import sys
+import traceback
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
@@ -45,9 +55,11 @@ PENDING_MESSAGES = 256
 COALESCE = 0.002
 PIPE_BYTES = 1024 * 1024
 
-CONNECTED, BINARY, TEXT, CLOSED = b"c", b"b", b"t", b"x"
+CONNECTED, BINARY, TEXT, PONG, LOG, CLOSED = b"c", b"b", b"t", b"p", b"l", b"x"
 _HEADER = struct.Struct(">Ic")
 COMMAND = [sys.executable, "-m", "skywire_trio.firehose.receiver"]
+# Run as __main__, so named explicitly: its lines reach the service's log under this name.
+log = logging.getLogger("skywire_trio.firehose.receiver")
 
 
 def encode_record(kind: bytes, payload: bytes = b"") -> bytes:
@@ -77,30 +89,114 @@ class RecordBuffer:
         return records
 
 
-async def _receive(ws: WebSocketConnection, send: trio.MemorySendChannel[bytes],
-                   timeout: float) -> str:
-    """Put messages on ``send`` until the socket fails or stays silent; returns why."""
+class _Life:
+    """When the upstream last showed life, on trio's clock: data (coarsely) or a pong."""
+
+    def __init__(self, now: float) -> None:
+        self.data = now
+        self.pong = -math.inf
+
+    @property
+    def last(self) -> float:
+        """The later of the two."""
+        return max(self.data, self.pong)
+
+
+class PipeLogHandler(logging.Handler):
+    """Log records of this process (ours, trio-websocket's) onto the pipe as ``LOG`` records.
+
+    The service logs them with its own handlers: one format (JSON in production) for all.
+    A record that finds the pipe full is dropped rather than blocking the event loop.
+    """
+
+    def __init__(self, send: trio.MemorySendChannel[bytes]) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the record for the pipe."""
+        text = f"{record.levelno} {record.name} {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        try:
+            self._send.send_nowait(encode_record(LOG, text.encode("utf-8", "replace")))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+
+def decode_log(payload: bytes) -> tuple[int, str, str]:
+    """A ``LOG`` record's level, logger name and message."""
+    level, name, message = payload.decode("utf-8", "replace").split(" ", 2)
+    return int(level), name, message
+
+
+async def _keep_alive(ws: WebSocketConnection, send: trio.MemorySendChannel[bytes], life: _Life,
+                      silence: trio.CancelScope, timeout: float, interval: float) -> None:
+    """Ping after ``interval`` without life; every pong moves the silence deadline."""
+    if not 0 < interval < timeout:
+        return  # pings disabled: only data counts
+    unanswered = False
+    while True:
+        await trio.sleep_until(life.last + interval)
+        if trio.current_time() < life.last + interval:
+            continue  # data arrived meanwhile
+        sent = trio.current_time()
+        # No pong within another interval: ping again (until the timeout ends it all).
+        with trio.move_on_after(interval) as waiting:
+            try:
+                await ws.ping()
+            except ConnectionClosed:
+                return  # the receive loop reports why
+            now = trio.current_time()
+            life.pong, unanswered = now, False
+            silence.deadline = max(silence.deadline, now + timeout)
+            await send.send(encode_record(PONG, f"{now - sent:.6f}".encode()))
+        if waiting.cancelled_caught and not unanswered:
+            unanswered = True  # one line per spell, not one per ping
+            log.warning("upstream answered neither data nor a ping for %.1fs; pinging until "
+                        "%gs without life, then reconnecting",
+                        trio.current_time() - life.last, timeout)
+
+
+async def _messages(ws: WebSocketConnection, send: trio.MemorySendChannel[bytes], life: _Life,
+                    silence: trio.CancelScope, timeout: float) -> str:
+    """Put messages on ``send`` until the socket closes; returns why."""
     # Moving a cancel scope's deadline on every frame cost ~9% of the CPU (py-spy), so it
     # moves at most every `step`: silence is detected between timeout and timeout + step.
     step = min(1.0, timeout / 4)
-    with trio.CancelScope() as silence:
-        refresh_at = -math.inf
-        while True:
-            now = trio.current_time()
-            if now >= refresh_at:
-                silence.deadline, refresh_at = now + timeout + step, now + step
-            try:
-                message = await ws.get_message()
-            except ConnectionClosed as exc:
-                return f"upstream closed the connection: {exc.reason}"
-            record = (encode_record(BINARY, message) if isinstance(message, bytes)
-                      else encode_record(TEXT, message.encode("utf-8", "replace")))
-            try:
-                send.send_nowait(record)
-            except trio.WouldBlock:
-                # The service is not reading: waiting here is backpressure, not silence.
-                silence.deadline, refresh_at = math.inf, -math.inf
-                await send.send(record)
+    refresh_at = -math.inf
+    while True:
+        now = trio.current_time()
+        if now >= refresh_at:
+            life.data = now
+            silence.deadline = max(now + timeout + step, life.pong + timeout)
+            refresh_at = now + step
+        try:
+            message = await ws.get_message()
+        except ConnectionClosed as exc:
+            return f"upstream closed the connection: {exc.reason}"
+        record = (encode_record(BINARY, message) if isinstance(message, bytes)
+                  else encode_record(TEXT, message.encode("utf-8", "replace")))
+        try:
+            send.send_nowait(record)
+        except trio.WouldBlock:
+            # The service is not reading: waiting here is backpressure, not silence.
+            silence.deadline, refresh_at = math.inf, -math.inf
+            await send.send(record)
+
+
+async def _receive(ws: WebSocketConnection, send: trio.MemorySendChannel[bytes],
+                   timeout: float, ping_interval: float) -> str:
+    """Put messages on ``send`` until the socket fails or the upstream is dead; returns why."""
+    life = _Life(trio.current_time())
+    with trio.CancelScope(deadline=life.data + timeout) as silence:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_keep_alive, ws, send, life, silence, timeout, ping_interval)
+            reason = await _messages(ws, send, life, silence, timeout)
+            nursery.cancel_scope.cancel()
+            return reason
+    if 0 < ping_interval < timeout:
+        return f"no data and no pong for {timeout:g}s"
     return f"no data for {timeout:g}s"
 
 
@@ -117,19 +213,16 @@ async def _write(receive: trio.MemoryReceiveChannel[bytes], out: trio.lowlevel.F
         await out.send_all(b"".join(batch))
 
 
-async def _connection(url: str, timeout: float, out: trio.lowlevel.FdStream) -> str:
+async def _connection(url: str, timeout: float, ping_interval: float,
+                      send: trio.MemorySendChannel[bytes]) -> str:
     try:
         async with open_websocket_url(url, max_message_size=WEBSOCKET_MAX_MESSAGE,
                                       receive_buffer_size=RECEIVE_BUFFER,
                                       message_queue_size=MESSAGE_QUEUE,
                                       connect_timeout=10, disconnect_timeout=2) as ws:
-            await out.send_all(encode_record(CONNECTED))
-            send, receive = trio.open_memory_channel[bytes](PENDING_MESSAGES)
+            await send.send(encode_record(CONNECTED))
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_write, receive, out)
-                    async with send:
-                        return await _receive(ws, send, timeout)
+                return await _receive(ws, send, timeout, ping_interval)
             finally:
                 # trio-websocket leaves the TCP stream open when the server closed first.
                 await ws._stream.aclose()
@@ -148,13 +241,23 @@ async def _until_stdin_closes(scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def main(url: str, timeout: float) -> None:
+async def main(url: str, timeout: float, ping_interval: float) -> None:
     """Run one connection, reporting on stdout; stop early if stdin closes."""
+    out = trio.lowlevel.FdStream(os.dup(1))
+    send, receive = trio.open_memory_channel[bytes](PENDING_MESSAGES)
+    handler = PipeLogHandler(send)
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_stdin_closes, scope)
-            out = trio.lowlevel.FdStream(os.dup(1))
-            reason = await _connection(url, timeout, out)
+            async with trio.open_nursery() as pipe:
+                pipe.start_soon(_write, receive, out)
+                async with send:
+                    try:
+                        reason = await _connection(url, timeout, ping_interval, send)
+                    except Exception:  # a bug here: say what it was, in the service's log
+                        reason = "the receiver process failed:\n" + traceback.format_exc()
+            # Everything queued is written; CLOSED goes last.
             await out.send_all(encode_record(CLOSED, reason.encode("utf-8", "replace")))
             await out.aclose()
             scope.cancel()
@@ -169,6 +272,6 @@ if __name__ == "__main__":
     except (AttributeError, OSError):
         pass
     try:
-        trio.run(main, sys.argv[1], float(sys.argv[2]))
+        trio.run(main, sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))
     except* (trio.BrokenResourceError, BrokenPipeError):
         pass  # the service is gone: nobody left to tell

@@ -4,13 +4,19 @@ It honours ``cursor`` (frames with seq > cursor; no cursor means from the beginn
 recording), answers a cursor beyond its last seq with a ``FutureCursor`` error frame and
 close code 1008 as the reference PDS does, and keeps the connection open after the last
 frame. ``rate`` caps frames per second (0: as fast as the client reads).
+
+It answers pings whenever it is not sending. For liveness tests it can go quiet for a while
+after some frames (still answering pings), stop answering pings, and report when each frame
+was sent (for latency measurements).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import accumulate, pairwise
 from urllib.parse import parse_qs, urlsplit
@@ -82,16 +88,44 @@ class Recording:
         """Index of the first frame to send after ``cursor``."""
         return 0 if cursor is None else bisect.bisect_right(self.positions, cursor)
 
-    def chunks(self, cursor: int | None, paced: bool) -> Iterator[memoryview]:
-        """The wire bytes after ``cursor``: one frame at a time if ``paced``, else ~1 MiB."""
+    def chunks(self, cursor: int | None, paced: bool) -> Iterator[tuple[int, memoryview]]:
+        """The wire bytes after ``cursor``, with the index of the frame each chunk ends.
+
+        One frame at a time if ``paced``, else ~1 MiB at a time (index -1: not on a frame
+        boundary).
+        """
         wire = memoryview(self.wire)
         first = self.start_index(cursor)
         if paced:
-            for start, end in pairwise(self.bounds[first:]):
-                yield wire[start:end]
+            for index, (start, end) in enumerate(pairwise(self.bounds[first:]), first):
+                yield index, wire[start:end]
             return
         for start in range(self.bounds[first], len(wire), WRITE_BYTES):
-            yield wire[start:start + WRITE_BYTES]
+            yield -1, wire[start:start + WRITE_BYTES]
+
+
+@dataclasses.dataclass(frozen=True)
+class Behaviour:
+    """How the server treats each connection (the defaults: like a PDS with fixed history).
+
+    ``quiet_after`` frames into a connection, send nothing for ``quiet_for`` seconds (pings
+    are still answered if ``pongs``), then go on. ``pongs=False``: never answer a ping, like
+    a peer that holds the socket but is gone. ``on_sent(index, time.monotonic())`` is called
+    after each frame is written (frames are then written one at a time); ``on_connect(cursor)``
+    when a client connects.
+    """
+
+    rate: float = 0.0
+    quiet_after: int | None = None
+    quiet_for: float = 0.0
+    pongs: bool = True
+    on_sent: Callable[[int, float], None] | None = None
+    on_connect: Callable[[int | None], None] | None = None
+
+    @property
+    def frame_by_frame(self) -> bool:
+        """Whether frames must be written one at a time."""
+        return self.rate > 0 or self.quiet_after is not None or self.on_sent is not None
 
 
 def _cursor(path: str) -> int | None:
@@ -119,19 +153,20 @@ async def _handshake(stream: trio.SocketStream, conn: WSConnection) -> Request |
             return None
 
 
-async def _until_closed(stream: trio.SocketStream, conn: WSConnection) -> None:
-    """After the last frame: answer pings and the close handshake until the client leaves."""
+async def _answer(stream: trio.SocketStream, conn: WSConnection, pongs: bool) -> None:
+    """While not sending: answer pings (if ``pongs``) and the close handshake; returns once
+    the client has left."""
     while data := await stream.receive_some(RECEIVE_BYTES):
         conn.receive_data(data)
         for event in conn.events():
-            if isinstance(event, Ping):
+            if isinstance(event, Ping) and pongs:
                 await stream.send_all(conn.send(event.response()))
             elif isinstance(event, CloseConnection):
                 await stream.send_all(conn.send(event.response()))
                 return
 
 
-async def _handle(recording: Recording, rate: float, stream: trio.SocketStream) -> None:
+async def _handle(recording: Recording, behaviour: Behaviour, stream: trio.SocketStream) -> None:
     # wsproto for the handshake, then the pre-encoded frames written ~1 MiB at a time:
     # trio-websocket's send_message cost ~78 us a message here, which made this server the
     # bottleneck of the ingest benchmark; encoding at send time still cost ~10 us a frame.
@@ -143,31 +178,46 @@ async def _handle(recording: Recording, rate: float, stream: trio.SocketStream) 
                 return
             await stream.send_all(conn.send(AcceptConnection()))
             cursor = _cursor(request.target)
+            if behaviour.on_connect is not None:
+                behaviour.on_connect(cursor)
             if cursor is not None and cursor > recording.head:
                 await stream.send_all(
                     conn.send(Message(data=error_frame("FutureCursor", "Cursor in the future.")))
                     + conn.send(CloseConnection(code=1008, reason="FutureCursor")))
                 return
-            interval = 1 / rate if rate > 0 else 0.0
+            interval = 1 / behaviour.rate if behaviour.rate > 0 else 0.0
             deadline = trio.current_time()
-            for chunk in recording.chunks(cursor, paced=rate > 0):
+            sent = 0
+            for index, chunk in recording.chunks(cursor, paced=behaviour.frame_by_frame):
                 await stream.send_all(chunk)
+                sent += 1
+                if behaviour.on_sent is not None:
+                    behaviour.on_sent(index, time.monotonic())
+                if sent == behaviour.quiet_after:
+                    with trio.move_on_after(behaviour.quiet_for):
+                        await _answer(stream, conn, behaviour.pongs)
+                        return  # the client left while it was quiet
+                    deadline = trio.current_time()  # the pace resumes after the quiet spell
                 if interval:
                     # Paced against the clock, not by sleeping after each frame: timer
                     # overshoot on a busy machine no longer adds up to a lower rate.
                     deadline += interval
                     await trio.sleep_until(deadline)
-            await _until_closed(stream, conn)
+            await _answer(stream, conn, behaviour.pongs)
         except (trio.BrokenResourceError, RemoteProtocolError, LocalProtocolError):
             pass  # the client went away or broke the protocol: drop it
 
 
 async def serve_replay(frames: list[bytes], host: str = "127.0.0.1", port: int = 0,
-                       rate: float = 0.0, *,
+                       rate: float = 0.0, *, behaviour: Behaviour | None = None,
                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``frames`` until cancelled; reports the bound port through ``task_status``."""
+    """Serve ``frames`` until cancelled; reports the bound port through ``task_status``.
+
+    ``behaviour`` (its ``rate`` then wins over ``rate``) shapes each connection.
+    """
     recording = Recording(frames)
-    handler = partial(_handle, recording, rate)
+    behaviour = behaviour or Behaviour(rate=rate)
+    handler = partial(_handle, recording, behaviour)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, handler, port, host=host))
         bound = listeners[0].socket.getsockname()[1]
