@@ -3,7 +3,8 @@
     supervise("ingest"): forever { open ingest nursery; on failure: log, back off, repeat }
     └── ingest nursery
         ├── reader   websocket -> decoded frames -> bounded channel
-        └── batcher  channel -> COPY + cursor, one transaction per batch
+        └── batcher  channel -> COPY + cursor, one transaction per batch, over two
+                     connections (the COPY of one batch overlaps the COMMIT of the last)
 
 Every failure -- upstream gone, buffer overflow, database down, a bug -- ends in the same
 place: the nursery is torn down and a new one starts from the cursor committed in Postgres.
@@ -15,7 +16,7 @@ bug is logged with its traceback, counted as a crash and restarted after a longe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
@@ -38,17 +39,21 @@ INGEST_TRANSIENT = TRANSIENT + (UpstreamError, BufferOverflow, writer.WriterActi
                                 writer.ConcurrentWriter)
 
 
-async def run_ingest_once(settings: Settings, store: writer.LogStore, stats: IngestStats,
-                          clock: Callable[[], datetime] = utc_now) -> None:
-    """One ingest nursery: resume after the committed cursor until something fails."""
-    await store.lock_writer()
-    cursor = await store.claim_cursor(settings.subscribe_url, settings.reset_cursor)
+async def run_ingest_once(settings: Settings, stores: Sequence[writer.LogStore],
+                          stats: IngestStats, clock: Callable[[], datetime] = utc_now) -> None:
+    """One ingest nursery: resume after the committed cursor until something fails.
+
+    ``stores``: the writer's connections, each holding its own writer lock.
+    """
+    for role, store in enumerate(stores):
+        await store.lock_writer(role)
+    cursor = await stores[0].claim_cursor(settings.subscribe_url, settings.reset_cursor)
     stats.last_id, stats.last_seq = cursor.last_id, cursor.last_seq
     stats.ingest_started = trio.current_time()
     send, receive = trio.open_memory_channel[Frame](settings.buffer_frames)
     upstream_fault: UpstreamError | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_batcher, receive, store, cursor, settings, stats, clock)
+        nursery.start_soon(run_batcher, receive, stores, cursor, settings, stats, clock)
         async with send:
             try:
                 await read_upstream(settings, cursor.last_seq, send, stats)
@@ -78,8 +83,9 @@ async def supervise_ingest(settings: Settings, stats: IngestStats,
             stats.reconnects += 1
         runs += 1
         try:
-            async with open_store(settings.database_url) as store:
-                await run_ingest_once(settings, store, stats, clock)
+            async with open_store(settings.database_url) as store, \
+                    open_store(settings.database_url) as pipelined:
+                await run_ingest_once(settings, (store, pipelined), stats, clock)
         except Exception as exc:  # counted here, reported and retried by supervise
             stats.ingest_restarts += 1
             if isinstance(exc, UpstreamError):

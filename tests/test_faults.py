@@ -86,7 +86,7 @@ async def test_future_cursor_waits_for_upstream(database, tmp_path):
 
 
 class SlowStore:
-    """A real LogStore whose first appends are slow: the batcher falls behind."""
+    """A real LogStore whose first commits are slow: the batcher falls behind."""
 
     def __init__(self, store: writer.LogStore, slow_calls: list[int]) -> None:
         self._store = store
@@ -95,12 +95,11 @@ class SlowStore:
     def __getattr__(self, name: str):
         return getattr(self._store, name)
 
-    async def append(self, *args, **kwargs):
-        last_id = await self._store.append(*args, **kwargs)
+    async def commit(self) -> None:
+        await self._store.commit()
         if self._slow_calls[0] > 0:  # committed, then slow to come back for more
             self._slow_calls[0] -= 1
             await trio.sleep(0.6)
-        return last_id
 
 
 async def test_overflow_restarts_from_committed_cursor(database, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from .schema import conninfo
-from .writer import WRITER_LOCK, WriterActive
+from .writer import WRITER_LOCKS, WriterActive
 
 
 def show_cursor(database_url: str) -> dict[str, object] | None:
@@ -20,7 +20,11 @@ def show_cursor(database_url: str) -> dict[str, object] | None:
 def set_cursor(database_url: str, last_seq: int) -> None:
     """Point the cursor at ``last_seq`` (rewind or skip); refused while a writer runs."""
     with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()[0]:
+        # Both writer locks: either one held means an ingest run still has a connection.
+        locked = conn.execute("SELECT pg_try_advisory_lock(%s), pg_try_advisory_lock(%s)",
+                              WRITER_LOCKS).fetchone()
+        if not all(locked):
+            conn.execute("SELECT pg_advisory_unlock_all()")
             raise WriterActive("the service is running (it holds the writer lock); stop it "
                                "first")
         try:
@@ -29,4 +33,4 @@ def set_cursor(database_url: str, last_seq: int) -> None:
             if cur.rowcount != 1:
                 raise WriterActive("there is no cursor yet: start the service once first")
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK,))
+            conn.execute("SELECT pg_advisory_unlock_all()")

@@ -1,16 +1,23 @@
-"""The log's single writer: the writer lock, the ingest cursor, and appending batches.
+"""The log's single writer: the writer locks, the ingest cursor, and appending batches.
 
 The hot path uses triopg (asyncpg under trio-asyncio): COPY for the batch and the cursor
 update in the same transaction. triopg is unmaintained upstream, which is one more reason
 to keep its use inside ``log/``.
+
+A batch is written in three steps so that the batcher can pipeline two connections:
+``stage`` (BEGIN, COPY the rows), ``move_cursor`` (the guarded cursor UPDATE, which waits
+inside PostgreSQL until the predecessor batch's transaction has ended), ``commit``. See
+docs/architecture.md for why this keeps the log exactly-once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
+import trio
 import triopg
 
 from ..firehose.codec import Row
@@ -19,9 +26,44 @@ from .notify import NOTIFY_CHANNEL
 
 COLUMNS = ("id", "seq", "repo", "event_type", "action", "collection", "rkey", "cid", "rev",
            "record", "record_error", "raw", "event_time", "indexed_at")
-# Session-level advisory lock held by whoever writes the log (an ingest run, `cursor set`):
-# a second instance waits as a standby instead of writing beside the first.
+# Session-level advisory locks held by whoever writes the log (an ingest run, `cursor set`):
+# a second instance waits as a standby instead of writing beside the first. An ingest run
+# writes through two connections and each holds one of the two, so that a new writer (which
+# needs both) cannot start while either connection of the old one is still alive.
 WRITER_LOCK = 0x736B7977  # "skyw"
+WRITER_LOCKS = (WRITER_LOCK, WRITER_LOCK + 1)
+
+# The guarded cursor move, run after the batch's COPY. It has no WHERE clause on purpose:
+# a WHERE on `last_id` would be evaluated against the row version in the statement's
+# snapshot, which the predecessor batch (on the other connection, not yet committed) has
+# already replaced, so the row would be skipped without waiting. Without one, the UPDATE
+# waits for the predecessor's transaction to end (row lock); READ COMMITTED then computes
+# the SET list from the row as that transaction left it: the cursor moves only if
+# `last_id` is ours (the predecessor committed, nobody else wrote), and the caller checks
+# the returned value. The NOTIFY is delivered only if this transaction commits.
+_MOVE_CURSOR = """
+WITH moved AS (
+    UPDATE firehose_cursor SET
+        last_seq = CASE WHEN last_id = $3 THEN coalesce($1, last_seq) ELSE last_seq END,
+        last_id = CASE WHEN last_id = $3 THEN $2 ELSE last_id END,
+        updated_at = now()
+    RETURNING last_id)
+SELECT last_id, pg_notify($4, last_id::text) FROM moved"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Rows to append after log id ``after``, and the upstream seq they bring the cursor to."""
+
+    rows: Sequence[Row]
+    last_seq: int | None
+    after: int
+    indexed_at: datetime
+
+    @property
+    def last_id(self) -> int:
+        """The log id of the batch's last row (``after`` if it has none)."""
+        return self.after + len(self.rows)
 
 
 class CursorMismatch(RuntimeError):
@@ -42,9 +84,10 @@ class LogStore:
     def __init__(self, conn: triopg._triopg.TrioConnectionProxy) -> None:
         self._conn = conn
 
-    async def lock_writer(self) -> None:
-        """Take the writer lock for this connection's life, or raise ``WriterActive``."""
-        if not await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+    async def lock_writer(self, role: int = 0) -> None:
+        """Take writer lock ``role`` (0 or 1, one per writer connection) for this
+        connection's life, or raise ``WriterActive``."""
+        if not await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCKS[role]):
             raise WriterActive("another skywire-trio instance is ingesting into this database")
 
     async def claim_cursor(self, upstream: str, reset: bool = False) -> Cursor:
@@ -68,6 +111,42 @@ class LogStore:
             return Cursor(upstream, None, row["last_id"])
         return Cursor(upstream, row["last_seq"], row["last_id"])
 
+    async def stage(self, batch: Batch) -> None:
+        """Open the batch's transaction and COPY its rows (invisible until ``commit``)."""
+        records = [(batch.after + i, *row, batch.indexed_at)
+                   for i, row in enumerate(batch.rows, 1)]
+        await self._conn.execute("BEGIN")
+        try:
+            await self._conn.copy_records_to_table(
+                "firehose_events", records=records, columns=COLUMNS)
+        except Exception:
+            await self.rollback()
+            raise
+
+    async def move_cursor(self, batch: Batch) -> None:
+        """Move the cursor to the end of the staged batch, in its transaction.
+
+        Waits for the transaction holding the cursor row (the predecessor batch's) to end.
+        Raises ``ConcurrentWriter``, after rolling back, if the committed last id is not
+        ``batch.after`` (a second writer, or a predecessor that did not commit).
+        """
+        moved = await self._conn.fetchval(_MOVE_CURSOR, batch.last_seq, batch.last_id,
+                                          batch.after, NOTIFY_CHANNEL)
+        if moved != batch.last_id:
+            await self.rollback()
+            raise ConcurrentWriter(f"log id moved past {batch.after}, or the batch before it "
+                                   "did not commit: another writer is active")
+
+    async def commit(self) -> None:
+        """Commit the staged batch (synchronously: durable when this returns)."""
+        await self._conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        """Abandon the staged batch, if there is one."""
+        if self._conn.is_in_transaction():
+            with trio.CancelScope(shield=True):
+                await self._conn.execute("ROLLBACK")
+
     async def append(self, rows: Sequence[Row], last_seq: int | None, last_id: int,
                      indexed_at: datetime) -> int:
         """Append ``rows`` after log id ``last_id`` and move the cursor, in one transaction.
@@ -75,20 +154,15 @@ class LogStore:
         Returns the new last id. Raises ``ConcurrentWriter`` if the committed last id is not
         ``last_id`` (a second writer), in which case nothing is written.
         """
-        records = [(last_id + i, *row, indexed_at) for i, row in enumerate(rows, 1)]
-        new_last_id = last_id + len(records)
-        async with self._conn.transaction():
-            status = await self._conn.execute(
-                "UPDATE firehose_cursor SET last_seq = coalesce($1, last_seq), last_id = $2, "
-                "updated_at = now() WHERE last_id = $3", last_seq, new_last_id, last_id)
-            if status != "UPDATE 1":
-                raise ConcurrentWriter(f"log id moved past {last_id}: another writer is active")
-            await self._conn.copy_records_to_table(
-                "firehose_events", records=records, columns=COLUMNS)
-            # Wakes the readers (long-polls, ...); delivered only if the transaction commits.
-            await self._conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL,
-                                     str(new_last_id))
-        return new_last_id
+        batch = Batch(rows, last_seq, last_id, indexed_at)
+        await self.stage(batch)
+        try:
+            await self.move_cursor(batch)
+            await self.commit()
+        except Exception:
+            await self.rollback()
+            raise
+        return batch.last_id
 
 
 @asynccontextmanager
