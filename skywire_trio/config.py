@@ -243,7 +243,7 @@ class Settings:
         "SKYWIRE_READ_TIMEOUT", 30.0, 0.1, 3600.0,
         "an upstream that sends neither data nor a pong for this long is treated as dead")
     ping_interval: float = seconds(
-        "SKYWIRE_PING_INTERVAL", 0.0, 0.0, 3600.0,
+        "SKYWIRE_PING_INTERVAL", 0.0, 0.0, 600.0,
         "an upstream quiet this long is pinged (a pong counts as life), and again at this "
         "interval; less than `SKYWIRE_READ_TIMEOUT`. `0`: a third of `SKYWIRE_READ_TIMEOUT`")
     backoff_min: float = seconds("SKYWIRE_BACKOFF_MIN", 1.0, 0.01, 600.0,

@@ -57,7 +57,11 @@ class ScriptedServer:
         if fault.action == "drop":  # TCP gone without a close handshake
             await ws._stream.aclose()
             return True
-        if fault.action == "silent":  # socket open, nothing more, ever
+        if fault.action == "silent":  # socket open, nothing more, ever, not even a pong
+            async def send_nothing(event: object) -> None:
+                pass
+
+            ws._send = send_nothing  # trio-websocket answers pings through _send
             await trio.sleep_forever()
         if fault.action == "garbage":  # keeps going afterwards
             await ws.send_message(b"\x00\xffthis is not cbor")

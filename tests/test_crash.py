@@ -89,10 +89,10 @@ def test_sigkill_between_the_two_pipelined_commits(database, tmp_path):
             try:
                 # The second batch of this run, held before its COMMIT while the first
                 # (on the other connection) has committed.
-                assert wait_for(lambda: len(held.findall(log.read_text())) >= seen + 2, 30), \
-                    log.read_text()[-3000:]
-                first, last = map(int, held.findall(log.read_text())[seen + 1])
-                assert wait_for(lambda: _last_id(database) == first - 1, 5)
+                assert wait_for(lambda seen=seen: len(held.findall(log.read_text())) >= seen + 2,
+                                30), log.read_text()[-3000:]
+                first, _ = map(int, held.findall(log.read_text())[seen + 1])
+                assert wait_for(lambda first=first: _last_id(database) == first - 1, 5)
                 time.sleep(0.1)
                 # Still held: its predecessor is in, it is not.
                 assert _last_id(database) == first - 1

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 
 from skywire_trio.config import Settings
-from skywire_trio.firehose.replay import serve_replay
+from skywire_trio.firehose.replay import Behaviour, serve_replay
 from skywire_trio.log import writer
 from skywire_trio.service import serve
 
@@ -126,12 +127,14 @@ async def test_overflow_restarts_from_committed_cursor(database, tmp_path):
 async def test_short_read_timeout_is_not_tripped_by_steady_traffic(database, tmp_path):
     frames = renumbered(relay_frames(), 150)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_replay, frames, "127.0.0.1", 0, 100.0)  # 1.5 s
+        # 1.5 s at 100 frames/s; it answers no pings (pings keep a quiet upstream alive).
+        port = await nursery.start(partial(serve_replay, frames,
+                                           behaviour=Behaviour(rate=100.0, pongs=False)))
         settings = _settings(database, port, tmp_path, read_timeout=0.2)
         running = await nursery.start(serve, settings)
         await wait_until(_complete(database, 150), 30)
         assert running.stats.upstream_errors == 0  # 10 ms gaps are not silence
-        # Then the replay goes quiet (it stays open): that is silence.
+        # Then the replay goes quiet (it stays open, answering nothing): that is silence.
         await wait_until(lambda: running.stats.upstream_errors >= 1, 5)
         nursery.cancel_scope.cancel()
     assert stored_rows(database) == expected_rows(frames)

@@ -83,7 +83,7 @@ async def read_upstream(settings: Settings, cursor: int | None,
     """Connect after ``cursor`` and feed decoded frames to ``send`` until something fails."""
     url = subscribe_url(settings, cursor)
     process = await trio.lowlevel.open_process(
-        [*COMMAND, url, str(settings.read_timeout), str(settings.ping_interval)],
+        [*COMMAND, url, str(settings.read_timeout), str(settings.ping_every)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         await _read_records(process.stdout, url, cursor, send, settings, stats)
