@@ -23,6 +23,8 @@ from skywire_trio.firehose.codec import (
 
 from .support import FIXTURES, car, frame, record_block, relay_frames
 
+pytestmark = pytest.mark.quick  # no PostgreSQL: the quick tier (README)
+
 
 def _commit(records: list[object], seq: int = 7, extra_ops: list[dict] | None = None) -> bytes:
     blocks = [record_block(r) for r in records]

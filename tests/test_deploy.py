@@ -19,6 +19,8 @@ from skywire_trio.stats import IngestStats
 
 from .support import ROOT
 
+pytestmark = pytest.mark.quick  # no PostgreSQL: the quick tier (README)
+
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 
@@ -52,6 +53,7 @@ def test_operators_alembic_ini_upgrades_and_downgrades(tmp_path):
             assert len(query(url, TABLES)) == (4 if args[0] == "upgrade" else 0)
 
 
+@pytest.mark.quick
 def test_head_revision_is_the_newest_migration():
     script = ScriptDirectory.from_config(schema.alembic_config("postgresql+psycopg://unused/x"))
     assert script.get_heads() == [schema.HEAD_REVISION]

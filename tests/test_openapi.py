@@ -97,6 +97,7 @@ async def test_a_missing_or_extra_field_is_caught(api):  # noqa: F811
         health_schema.validate({**health, "surprise": 1})
 
 
+@pytest.mark.quick
 def test_document_is_valid_openapi_31():
     from jsonschema import Draft202012Validator
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,8 @@ from skywire_trio.firehose.receiver import (
     RecordBuffer,
     encode_record,
 )
+
+pytestmark = pytest.mark.quick  # no PostgreSQL: the quick tier (README)
 
 records = st.lists(st.tuples(st.sampled_from([BINARY, TEXT, CONNECTED, CLOSED]),
                              st.binary(max_size=300)), max_size=20)

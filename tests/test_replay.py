@@ -11,6 +11,8 @@ from skywire_trio.firehose.replay import serve_replay
 
 from .support import relay_frames, renumbered
 
+pytestmark = pytest.mark.quick  # no PostgreSQL: the quick tier (README)
+
 FRAMES = renumbered(relay_frames(), 400)  # ~2 MB: several of the server's batched writes
 
 

@@ -8,9 +8,11 @@ import logging
 import re
 
 import httpx
+import jsonschema
 import pytest
 import trio
 
+from skywire_trio.api.openapi import OPENAPI
 from skywire_trio.config import Settings
 from skywire_trio.firehose.replay import serve_replay
 from skywire_trio.log import batcher
@@ -154,6 +156,10 @@ async def test_a_bug_in_the_batcher_is_logged_counted_shown_and_not_looped(
         async with httpx.AsyncClient(base_url=running.api_url) as client:
             health = (await client.get("/health")).json()
             metrics = (await client.get("/metrics")).text
+        # ... as documented: the OpenAPI schema of /health, crash included.
+        jsonschema.Draft202012Validator(
+            {**OPENAPI["components"]["schemas"]["Health"], "components": OPENAPI["components"]}
+        ).validate(health)
         crash = health["tasks"]["ingest"]["last_crash"]
         assert crash["error"].startswith("TypeError: can only concatenate list")
         assert "test_supervise.py" in crash["where"] and "buggy_collect" in crash["where"]

@@ -120,6 +120,22 @@ _HEALTH = _object({
     "ingest_restarts": {"type": "integer"},
     "partitions": {"oneOf": [_ref("PartitionStatus"), {"type": "null"}],
                    "description": "the partitions' status (null when the database is down)"},
+    "tasks": {"type": "object", "description": "each supervised task by name (supervise.py)",
+              "additionalProperties": _ref("TaskHealth")},
+})
+
+_TASK_HEALTH = _object({
+    "state": {"type": "string", "enum": ["starting", "running", "backing_off"]},
+    "restarts": {"type": "integer", "description": "faults + crashes"},
+    "faults": {"type": "integer", "description": "transient faults, retried with backoff"},
+    "crashes": {"type": "integer",
+                "description": "any other exception (a bug), logged with its traceback"},
+    "last_fault": _nullable("string", "the latest transient fault"),
+    "last_crash": {"oneOf": [{"type": "null"}, _object({
+        "error": {"type": "string", "description": "exception type and message"},
+        "where": _nullable("string", "file:line in function where it was raised"),
+        "at": _nullable("string", "when", format="date-time"),
+    })]},
 })
 
 _PARTITION = _object({
@@ -218,8 +234,8 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Error": _object({"error": {"type": "string", "description": "stable code"},
                               "message": {"type": "string", "description": "for humans"}}),
-            "Event": _EVENT, "Page": _PAGE, "Health": _HEALTH, "Partition": _PARTITION,
-            "PartitionStatus": _PARTITION_STATUS,
+            "Event": _EVENT, "Page": _PAGE, "Health": _HEALTH, "TaskHealth": _TASK_HEALTH,
+            "Partition": _PARTITION, "PartitionStatus": _PARTITION_STATUS,
             "Status": _STATUS,
         },
     },
