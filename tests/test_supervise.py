@@ -129,10 +129,10 @@ async def test_a_bug_in_the_batcher_is_logged_counted_shown_and_not_looped(
     real_collect = batcher._collect
     bug = {"on": True}
 
-    async def buggy_collect(first, receive, settings):
+    async def buggy_collect(*args):
         if bug["on"]:
-            return first.rows + 1  # TypeError: a deliberate programming error
-        return await real_collect(first, receive, settings)
+            return len(args[-1])  # TypeError (Settings has no len): a deliberate bug
+        return await real_collect(*args)
 
     monkeypatch.setattr(batcher, "_collect", buggy_collect)
     caplog.set_level(logging.INFO)
@@ -161,7 +161,7 @@ async def test_a_bug_in_the_batcher_is_logged_counted_shown_and_not_looped(
             {**OPENAPI["components"]["schemas"]["Health"], "components": OPENAPI["components"]}
         ).validate(health)
         crash = health["tasks"]["ingest"]["last_crash"]
-        assert crash["error"].startswith("TypeError: can only concatenate list")
+        assert crash["error"] == "TypeError: object of type 'Settings' has no len()"
         assert "test_supervise.py" in crash["where"] and "buggy_collect" in crash["where"]
         assert health["tasks"]["ingest"]["crashes"] >= 3
         counted = re.search(r'^skywire_task_crashes_total\{task="ingest"\} (\d+)$', metrics,

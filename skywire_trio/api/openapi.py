@@ -114,6 +114,9 @@ _HEALTH = _object({
                                  format="date-time"),
     "lag_seconds": _nullable("number", "age of the newest committed event's own time"),
     "seconds_since_commit": _nullable("number", "seconds since this process last committed"),
+    "seconds_since_event": _nullable("number", "seconds since the upstream last sent a frame"),
+    "seconds_since_pong": _nullable("number", "seconds since the upstream last answered a "
+                                              "ping (pings start after a quiet spell)"),
     "buffered_events": {"type": "integer", "description": "frames waiting to be committed"},
     "default_partition_rows": {"type": "integer",
                                "description": "rows in the default partition (an alarm)"},
