@@ -23,6 +23,7 @@ from datetime import datetime
 import trio
 
 from .config import Settings
+from .errors import describe
 from .firehose.codec import Frame
 from .firehose.reader import BufferOverflow, UpstreamError, read_upstream
 from .log import writer
@@ -87,7 +88,7 @@ async def supervise_ingest(settings: Settings, stats: IngestStats,
                     open_store(settings.database_url) as pipelined:
                 await run_ingest_once(settings, (store, pipelined), stats, clock)
         except Exception as exc:  # counted here, reported and retried by supervise
-            stats.ingest_restarts += 1
+            stats.ingest_failed(describe(exc), trio.current_time())
             if isinstance(exc, UpstreamError):
                 stats.upstream_errors += 1
             raise

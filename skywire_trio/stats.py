@@ -42,6 +42,12 @@ class IngestStats:
     last_pong_monotonic: float | None = None
     ping_round_trip: float | None = None  # seconds, the last pong's
     ingest_started: float | None = None  # trio clock, start of the current ingest run
+    # Trio clock since which frames from the upstream wait for a commit; None while nothing
+    # waits. Not reset by an ingest restart: what a restart drops is replayed, so a crash
+    # loop reads as one long wait (a stall), not as a fresh start every time.
+    waiting_since: float | None = None
+    last_error: str | None = None  # why ingest last stopped
+    last_error_at: float | None = None  # trio clock
     default_partition_rows: int = 0  # as of the last partition maintenance pass
     partitions_dropped: int = 0
     api_requests: int = 0  # HTTP responses sent (the status page's requests/s)
@@ -54,6 +60,30 @@ class IngestStats:
     subscribe_messages: int = 0  # events sent
     subscribe_fallbacks: int = 0  # cut off from the commit feed, back to reading pages
     subscribe_too_slow: int = 0  # closed with 4408 consumer_too_slow
+
+    def frame_waiting(self, now: float) -> None:
+        """A frame was passed on to the batcher: start the stall clock if it is not running."""
+        if self.waiting_since is None:
+            self.waiting_since = now
+
+    def committed(self, now: float, more_waiting: bool) -> None:
+        """A batch was committed; ``more_waiting``: frames are buffered behind it."""
+        self.last_commit_monotonic = now
+        self.waiting_since = now if more_waiting else None
+
+    def ingest_failed(self, error: str, now: float) -> None:
+        """An ingest run ended with ``error`` (the supervisor restarts it)."""
+        self.ingest_restarts += 1
+        self.last_error, self.last_error_at = error, now
+
+    def stalled(self, now: float, stall_seconds: float) -> bool:
+        """Whether ingestion is stuck: disconnected from the upstream, or frames received
+        and not committed, for more than ``stall_seconds``."""
+        disconnected_for = (now - self.disconnected_since
+                            if not self.upstream_connected and self.disconnected_since is not None
+                            else 0.0)
+        waiting_for = now - self.waiting_since if self.waiting_since is not None else 0.0
+        return max(disconnected_for, waiting_for) > stall_seconds
 
 
 # Upper bounds (seconds) of the delivery latency histogram: commit -> 2xx.

@@ -122,14 +122,7 @@ def _health_body(state: ApiState, database_ok: bool,
     # A quiet upstream that answers pings is connected and healthy; these show the silence.
     since_event = now - stats.last_frame_monotonic if stats.last_frame_monotonic else None
     since_pong = now - stats.last_pong_monotonic if stats.last_pong_monotonic else None
-    disconnected_for = (now - stats.disconnected_since
-                        if not stats.upstream_connected and stats.disconnected_since is not None
-                        else 0.0)
-    # Work waiting without progress: nothing committed since the later of the last commit
-    # and the start of the current ingest run.
-    progress = max(stats.last_commit_monotonic or 0.0, stats.ingest_started or 0.0)
-    stalled = disconnected_for > state.stall_seconds or (
-        stats.buffered_frames > 0 and now - progress > state.stall_seconds)
+    stalled = stats.stalled(now, state.stall_seconds)
     healthy = database_ok and not stalled
     body = {
         "status": "ok" if healthy else ("database_unavailable" if not database_ok else "stalled"),
@@ -150,6 +143,11 @@ def _health_body(state: ApiState, database_ok: bool,
         # Alarms here (rows in the default partition, no partition for tomorrow) leave the
         # status ok: the service still works; /metrics carries them for alerting.
         "partitions": partitions.as_json() if partitions else None,
+        "seconds_waiting": (round(now - stats.waiting_since, 3)
+                            if stats.waiting_since is not None else None),
+        "last_error": stats.last_error,
+        "seconds_since_error": (round(now - stats.last_error_at, 3)
+                                if stats.last_error_at is not None else None),
     }
     return body, healthy
 

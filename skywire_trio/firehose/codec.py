@@ -30,13 +30,15 @@ from typing import Any, NamedTuple
 import cbor2
 import libipld
 
+from . import sanitize
+from .errors import FrameError
+
+__all__ = ["MAX_DEPTH", "MAX_FRAME_BYTES", "Frame", "FrameError", "Link", "Row", "decode_cbor",
+           "decode_frame", "find_block", "parse_car", "to_json"]
+
 # DAG-CBOR frames and records are shallow; anything deeper is hostile or broken.
 MAX_DEPTH = 128
 MAX_FRAME_BYTES = 5 * 1024 * 1024
-
-
-class FrameError(ValueError):
-    """The frame cannot be parsed; its bytes should be saved for an operator."""
 
 
 class Link:
@@ -111,6 +113,7 @@ class Row(NamedTuple):
     record_error: str | None
     raw: bytes | None  # the undecodable record block, kept so nothing is lost
     event_time: datetime | None
+    sanitized: str | None = None  # which fields were stored NULL to store the row, and why
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,16 +125,8 @@ class Frame:
     rows: list[Row]
     error: str | None = None  # for op -1 frames: the error name
     message: str | None = None
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
+    # The frame as received, so that a frame the log refuses can still be dead-lettered.
+    data: bytes = b""
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -242,19 +237,23 @@ def _decode_record(block: bytes | None) -> tuple[str | None, str | None, bytes |
     try:
         value = decode_cbor(block)
     except (cbor2.CBORDecodeError, FrameError, RecursionError) as exc:
-        return None, f"undecodable record: {exc}", block
+        # The message is stored in a text column: never let it carry a NUL.
+        return None, f"undecodable record: {exc}".replace("\x00", "\\u0000"), block
     text, error = _record_json(value)
     return text, error, (block if text is None else None)
 
 
-def _commit_rows(body: dict[str, Any], seq: int, time: datetime | None) -> list[Row]:
-    repo, rev, ops = body.get("repo"), body.get("rev"), body.get("ops")
+def _commit_rows(body: dict[str, Any], seq: int, frame_notes: sanitize.Notes,
+                 time: datetime | None) -> list[Row]:
+    repo, ops = body.get("repo"), body.get("ops")
     if not isinstance(repo, str) or not isinstance(ops, list):
         raise FrameError("#commit without repo or ops")
-    rev = rev if isinstance(rev, str) else None
+    repo = sanitize.did(repo, "repo")
+    rev = sanitize.word("rev", body.get("rev"), frame_notes)
     if not ops:
         # Empty commits (an account's first commit) still get a row: the event happened.
-        return [Row(seq, repo, "commit", None, None, None, None, rev, None, None, None, time)]
+        return [Row(seq, repo, "commit", None, None, None, None, rev, None, None, None, time,
+                    frame_notes.text)]
     blocks = body.get("blocks") or b""
     if not isinstance(blocks, bytes):
         raise FrameError("#commit blocks is not a byte string")
@@ -262,31 +261,38 @@ def _commit_rows(body: dict[str, Any], seq: int, time: datetime | None) -> list[
     for op in ops:
         if not isinstance(op, dict) or not isinstance(op.get("path"), str):
             raise FrameError("#commit op without a path")
-        action = op.get("action")
-        collection, _, rkey = op["path"].partition("/")
+        collection, rkey = sanitize.path(op["path"])
+        notes = frame_notes.copy()
+        action = sanitize.word("action", op.get("action"), notes)
         link = op.get("cid")  # raw CID bytes (see _decode_envelope)
         cid = record = error = raw = None
         if isinstance(link, bytes):
             try:
                 cid = libipld.encode_cid(link)
             except ValueError:
-                raise FrameError(f"op {op['path']!r} has an invalid CID") from None
+                raise FrameError(f"op {sanitize.quote(op['path'])} has an invalid CID") from None
         if action != "delete":
             if cid is None:
                 error = "op has no record CID"
             else:
                 record, error, raw = _decode_record(find_block(blocks, link))
-        rows.append(Row(seq, repo, "commit", action if isinstance(action, str) else None,
-                        collection, rkey, cid, rev, record, error, raw, time))
+        rows.append(Row(seq, repo, "commit", action, collection, rkey, cid, rev, record, error,
+                        raw, time, notes.text))
     return rows
 
 
-def _other_row(kind: str, body: dict[str, Any], seq: int | None, time: datetime | None) -> Row:
+def _other_row(kind: str, body: dict[str, Any], seq: int | None, notes: sanitize.Notes,
+               time: datetime | None) -> Row:
     did = body.get("did")
-    rev = body.get("rev")
+    if isinstance(did, str):
+        did = sanitize.did(did, "did")
+    elif did is not None:
+        notes.add("did", did, "not a string")
+        did = None
+    rev = sanitize.word("rev", body.get("rev"), notes)
     record, error = _record_json(body)
-    return Row(seq, did if isinstance(did, str) else None, kind, None, None, None, None,
-               rev if isinstance(rev, str) else None, record, error, None, time)
+    return Row(seq, did, kind, None, None, None, None, rev, record, error, None, time,
+               notes.text)
 
 
 def _raw_cid_hook(tag: cbor2.CBORTag, immutable: bool) -> bytes:
@@ -317,7 +323,11 @@ def _decode_envelope(frame: bytes) -> tuple[Any, Any]:
 
 
 def decode_frame(frame: bytes) -> Frame:
-    """Decode one websocket binary message (header + body) into a ``Frame``."""
+    """Decode one websocket binary message (header + body) into a ``Frame``.
+
+    Raises ``FrameError`` for a frame that cannot be parsed, or whose identifying fields
+    cannot be stored as they are (see ``sanitize``).
+    """
     if len(frame) > MAX_FRAME_BYTES:
         raise FrameError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
     header, body = _decode_envelope(frame)
@@ -326,22 +336,24 @@ def decode_frame(frame: bytes) -> Frame:
     op = header.get("op")
     if op == -1:
         error, message = body.get("error"), body.get("message")
-        return Frame("error", None, [], str(error), message if isinstance(message, str) else None)
-    t = header.get("t")
-    if op != 1 or not isinstance(t, str) or not t.startswith("#"):
-        raise FrameError(f"unknown frame header {header!r}")
-    kind = t[1:]
-    seq = body.get("seq")
-    if kind == "info":
-        seq = None  # #info carries no seq
-    elif not isinstance(seq, int) or isinstance(seq, bool) or seq <= 0:
-        raise FrameError(f"{t} without a positive integer seq")
-    time = _parse_time(body.get("time"))
+        return Frame("error", None, [], str(error), message if isinstance(message, str) else None,
+                     frame)
+    if op != 1:
+        raise FrameError(f"unknown frame header op {sanitize.quote(op)}")
+    kind = sanitize.event_type(header.get("t"))
+    # #info carries no seq.
+    seq = None if kind == "info" else sanitize.seq(body.get("seq"), kind)
+    notes = sanitize.Notes()
+    time = sanitize.event_time(body.get("time"), notes)
     if kind == "commit":
-        return Frame(kind, seq, _commit_rows(body, seq, time))
+        return Frame(kind, seq, _commit_rows(body, seq, notes, time), data=frame)
     # Other bodies are stored whole, so decode them again keeping links apart from bytes
-    # (libipld returns both as bytes). They are ~1% of frames.
-    body = _decode_lenient(frame, _tag_hook)[1]
+    # (libipld returns both as bytes). They are ~1% of frames. libipld accepts nesting
+    # that cbor2 refuses (over MAX_DEPTH): that is a frame error too.
+    try:
+        body = _decode_lenient(frame, _tag_hook)[1]
+    except (cbor2.CBORDecodeError, RecursionError) as exc:
+        raise FrameError(f"invalid CBOR in the #{kind} body: {exc}") from None
     name = body.get("name") if kind == "info" else None
-    return Frame(kind, seq, [_other_row(kind, body, seq, time)],
-                 name if isinstance(name, str) else None)
+    return Frame(kind, seq, [_other_row(kind, body, seq, notes, time)],
+                 name if isinstance(name, str) else None, data=frame)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import time
-from pathlib import Path
 
 import trio
 
+from .. import deadletter
 from ..config import Settings
 from ..stats import IngestStats
 from .codec import Frame, FrameError, decode_frame
@@ -38,16 +37,6 @@ class UpstreamError(Exception):
 
 class BufferOverflow(Exception):
     """The buffer to the batcher stayed full past the grace period."""
-
-
-def save_rejected(directory: Path, frame: bytes | str, reason: str) -> Path:
-    """Write an unparseable frame where an operator can find it; returns the file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.monotonic_ns()}"
-    path = directory / f"{stem}.bin"
-    path.write_bytes(frame if isinstance(frame, bytes) else frame.encode("utf-8", "replace"))
-    (directory / f"{stem}.txt").write_text(reason + "\n")
-    return path
 
 
 def subscribe_url(settings: Settings, cursor: int | None) -> str:
@@ -157,8 +146,8 @@ def _reject(message: bytes, reason: str, settings: Settings, stats: IngestStats)
     stats.frames_in += 1
     stats.bytes_in += len(message)
     stats.frames_rejected += 1
-    path = save_rejected(settings.deadletter_dir, message, reason)
-    log.warning("rejected an unparseable frame (%s); bytes saved to %s", reason, path)
+    path = deadletter.save(settings.deadletter_dir, message, reason)
+    log.warning("rejected a frame (%s); bytes saved to %s", reason[:500], path)
 
 
 async def _accept(message: bytes, last_seq: int | None, send: trio.MemorySendChannel[Frame],
@@ -167,6 +156,10 @@ async def _accept(message: bytes, last_seq: int | None, send: trio.MemorySendCha
         frame = decode_frame(message)
     except FrameError as exc:
         _reject(message, str(exc), settings, stats)
+        return last_seq
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop ingest on one frame
+        log.exception("the decoder failed on a frame; dead-lettering it")
+        _reject(message, f"decoder error {type(exc).__name__}: {exc}", settings, stats)
         return last_seq
     stats.frames_in += 1
     stats.bytes_in += len(message)
@@ -179,5 +172,6 @@ async def _accept(message: bytes, last_seq: int | None, send: trio.MemorySendCha
             stats.duplicates_skipped += 1  # replayed at-least-once; already in the log
             return last_seq
         last_seq = frame.seq
+    stats.frame_waiting(trio.current_time())
     await _push(send, frame, settings.overflow_grace, stats)
     return last_seq

@@ -9,7 +9,8 @@ Each batch is one transaction: COPY of its rows, then the guarded cursor UPDATE,
 synchronous COMMIT (``writer.LogStore``). Batches alternate between two connections so that
 the COPY of batch N+1 overlaps the COMMIT of batch N; PostgreSQL orders the commits (batch
 N+1's cursor UPDATE waits for batch N's transaction and only matches if it committed), so
-the log is still a prefix of the batches in order, each with its cursor. Nothing is
+the log is still a prefix of the batches in order, each with its cursor. A batch the log
+refuses for its data is narrowed to the frames at fault (``narrow``). Nothing is
 acknowledged before a commit: if anything fails, ingestion restarts from the cursor that was
 committed, and the relay replays the rest.
 """
@@ -28,6 +29,7 @@ from ..config import Settings
 from ..firehose.codec import Frame, Row
 from ..stats import IngestStats
 from ..types import Cursor
+from .narrow import REFUSED_DATA, narrow
 from .writer import Batch, LogStore
 
 log = logging.getLogger(__name__)
@@ -107,13 +109,27 @@ def _batch(frames: Sequence[Frame], after: int, indexed_at: datetime) -> Batch:
     return Batch(rows, seqs[-1] if seqs else None, after, indexed_at)
 
 
-async def _flush(nursery: trio.Nursery, store: LogStore, batch: Batch, frames: int,
+async def _flush(nursery: trio.Nursery, store: LogStore, frames: list[Frame], batch: Batch,
                  previous: _InFlight | None, settings: Settings,
                  stats: IngestStats) -> _InFlight:
     """Stage ``batch`` on ``store`` (BEGIN + COPY, while ``previous`` may still be committing)
     and start its commit; returns it, for the next batch to wait on."""
-    current = _InFlight(batch, frames, trio.current_time())
-    await store.stage(batch)
+    current = _InFlight(batch, len(frames), trio.current_time())
+    try:
+        await store.stage(batch)
+    except REFUSED_DATA as exc:
+        # Refused for its data (and rolled back): once the batches before it are in, it is
+        # stored half by half and the frames at fault are dead-lettered, right here.
+        if previous is not None:
+            await previous.committed.wait()
+        appended = await narrow(store, frames, batch.after, batch.indexed_at,
+                                settings.deadletter_dir, exc)
+        current.batch = dataclasses.replace(batch, rows=appended.rows)
+        stats.frames_rejected += appended.refused
+        current.cursor_moved.set()
+        _committed(current, stats)
+        current.committed.set()
+        return current
     nursery.start_soon(_commit, store, current, previous, settings, stats)
     return current
 
@@ -148,7 +164,7 @@ def _committed(current: _InFlight, stats: IngestStats) -> None:
     stats.last_seq = batch.last_seq if batch.last_seq is not None else stats.last_seq
     if batch.rows:
         stats.last_event_time = batch.rows[-1].event_time or stats.last_event_time
-    stats.last_commit_monotonic = now
+    stats.committed(now, stats.buffered_frames > 0)
 
 
 async def run_batcher(receive: trio.MemoryReceiveChannel[Frame], stores: Sequence[LogStore],
@@ -173,10 +189,10 @@ async def run_batcher(receive: trio.MemoryReceiveChannel[Frame], stores: Sequenc
                     await waiting_for.committed.wait()
                     ended = _top_up(frames, receive, settings) or ended
                 batch = _batch(frames, last_id, clock())
-                previous = await _flush(nursery, stores[turn], batch, len(frames), previous,
+                previous = await _flush(nursery, stores[turn], frames, batch, previous,
                                         settings, stats)
                 on_connection[turn] = previous
-                last_id = batch.last_id
+                last_id = previous.batch.last_id
                 stats.buffered_frames = receive.statistics().current_buffer_used
             if ended:
                 break

@@ -29,18 +29,21 @@ from .partition_store import list_partitions
 # jsonb_build_object, measured) and a whole page as one UTF-8 value, so the API neither
 # parses stored records nor decodes and re-encodes rows: it wraps the bytes it receives.
 # Deletes carry no record and no cid, as in Jetstream (concat_ws skips NULLs);
-# `record_error` appears only when the record could not be stored.
+# `record_error` appears only when the record could not be stored, `sanitized` only when
+# a field was stored NULL because it could not be stored as received.
 EVENT_JSON = """
 '{"id":' || id || ',"seq":' || coalesce(seq::text, 'null')
 || ',"did":' || coalesce(to_json(repo)::text, 'null')
 || ',"time_us":' || (extract(epoch FROM indexed_at) * 1000000)::bigint
+|| coalesce(',"sanitized":' || to_json(sanitized)::text, '')
 || ',"kind":' || to_json(event_type)::text
 || CASE WHEN event_type = 'commit' THEN ',"commit":{' || concat_ws(',',
        '"rev":' || to_json(rev)::text, '"operation":' || to_json(action)::text,
        '"collection":' || to_json(collection)::text, '"rkey":' || to_json(rkey)::text,
        '"record":' || record::text, '"cid":' || to_json(cid)::text,
        '"record_error":' || to_json(record_error)::text) || '}}'
-   ELSE ',' || to_json(event_type)::text || ':' || coalesce(record::text, 'null') || '}'
+   ELSE ',' || to_json(event_type)::text || ':' || coalesce(record::text, 'null')
+       || coalesce(',"record_error":' || to_json(record_error)::text, '') || '}'
    END"""
 
 # One rule for the filters that only make sense for commits (collection, action):

@@ -25,7 +25,7 @@ from ..types import Cursor
 from .notify import NOTIFY_CHANNEL
 
 COLUMNS = ("id", "seq", "repo", "event_type", "action", "collection", "rkey", "cid", "rev",
-           "record", "record_error", "raw", "event_time", "indexed_at")
+           "record", "record_error", "raw", "event_time", "sanitized", "indexed_at")
 # Session-level advisory locks held by whoever writes the log (an ingest run, `cursor set`):
 # a second instance waits as a standby instead of writing beside the first. An ingest run
 # writes through two connections and each holds one of the two, so that a new writer (which
