@@ -202,7 +202,8 @@ class Settings:
     stall_seconds: float = seconds(
         "SKYWIRE_STALL_SECONDS", 60.0, 1.0, 86400.0,
         "`/health` says 503 `stalled` after the upstream is disconnected this long, or "
-        "buffered events wait this long without a commit")
+        "frames received from it wait this long for a commit (across ingest restarts: a "
+        "crash loop is a stall)")
     subscribe_max_connections: int = integer(
         "SKYWIRE_SUBSCRIBE_MAX_CONNECTIONS", 2000, 1, 100_000,
         "`/subscribe` websockets open at once; more are answered 503 `too_many_subscribers`")
@@ -261,7 +262,8 @@ class Settings:
         "SKYWIRE_CRASH_BACKOFF_MAX", 600.0, 0.01, 86400.0,
         "longest restart delay after repeated crashes; at least `SKYWIRE_CRASH_BACKOFF_MIN`")
     deadletter_dir: Path = path("SKYWIRE_DEADLETTER_DIR", "var/deadletter",
-                                "unparseable frames are saved here")
+                                "frames that cannot be stored are saved here (bytes and "
+                                "reason)")
     reset_cursor: bool = flag("SKYWIRE_RESET_CURSOR",
                               "start over when the cursor belongs to another upstream")
     retention_days: int = integer(

@@ -78,6 +78,11 @@ _EVENT = {
         "account": {"type": "object", "description": "the #account body"},
         "sync": {"type": "object", "description": "the #sync body"},
         "info": {"type": "object", "description": "the #info body"},
+        "sanitized": {"type": "string", "description":
+                      "only when a field could not be stored as received: which fields were "
+                      "stored as null, why, and how each began (docs/architecture.md)"},
+        "record_error": {"type": "string", "description": "a non-commit event whose body "
+                         "could not be stored (its body is null): why"},
     },
 }
 # The body of a kind this version does not know arrives under that kind's name.
@@ -125,6 +130,10 @@ _HEALTH = _object({
                    "description": "the partitions' status (null when the database is down)"},
     "tasks": {"type": "object", "description": "each supervised task by name (supervise.py)",
               "additionalProperties": _ref("TaskHealth")},
+    "seconds_waiting": _nullable("number", "how long received frames have waited for a "
+                                 "commit, across ingest restarts (null: none wait)"),
+    "last_error": _nullable("string", "why ingest last stopped"),
+    "seconds_since_error": _nullable("number", "seconds since ingest last stopped"),
 })
 
 _TASK_HEALTH = _object({

@@ -30,8 +30,9 @@ from .errors import FrameError
 
 # seq is stored in a bigint column and in the cursor; 0 and below are not upstream seqs.
 MAX_SEQ = 2**63 - 1
-# Event types are lexicon names (commit, identity, account, sync, info, ...).
-EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+# Event types are lexicon definition names (commit, identity, account, sync, info, ...):
+# a letter, then letters and digits.
+EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 MAX_DID_BYTES = 2048
 MAX_PATH_BYTES = 1024
 # rev (a TID) and action (create / update / delete) are short words.
@@ -64,8 +65,7 @@ def event_type(t: object) -> str:
     if not isinstance(t, str) or not t.startswith("#"):
         raise FrameError(f"frame header t is {quote(t)}, not a #type")
     if not EVENT_TYPE.fullmatch(t[1:]):
-        raise FrameError(f"event type {quote(t)} is not a name of 1-64 letters, digits, "
-                         "'.', '_' or '-'")
+        raise FrameError(f"event type {quote(t)} is not a name of 1-64 letters and digits")
     return t[1:]
 
 
