@@ -118,8 +118,8 @@ def build(base: int, seq: int, mutation: Mutation | None) -> bytes:
             op = dict(body["ops"][0])
             _set(op, mutation.key, mutation.value)
             body["ops"] = [op, *body["ops"][1:]]
-        else:
-            body["extra"] = mutation.value
+        else:  # a body without ops: the value goes in a field of its own
+            _set(body, "extra", mutation.value)
     return encode(header, body)
 
 
