@@ -6,6 +6,7 @@ including through a crash loop.
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,16 +14,19 @@ from pathlib import Path
 
 import cbor2
 import httpx
+import jsonschema
 import trio
 import trio_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from skywire_trio.api.openapi import OPENAPI
 from skywire_trio.config import Settings
 from skywire_trio.firehose.codec import FrameError, decode_frame
 from skywire_trio.firehose.replay import serve_replay
 from skywire_trio.ingest import supervise_ingest
 from skywire_trio.log import writer
+from skywire_trio.log.reader import EVENT_JSON
 from skywire_trio.service import serve
 from skywire_trio.stats import IngestStats
 
@@ -33,6 +37,8 @@ from .test_sanitize import RawText, commit, encode, identity, nested, parts
 # Real frames to mutate: the PDS capture's first 40 (commits, #identity, #account, #sync)
 # and the relay's first 20 (production commits with their CAR slices).
 BASES = [parts(f) for f in pds_frames()[:40] + relay_frames()[:20]]
+EVENT_SCHEMA = jsonschema.Draft202012Validator(
+    {**OPENAPI["components"]["schemas"]["Event"], "components": OPENAPI["components"]})
 
 
 def _settings(database: str, port: int, deadletter: Path, **overrides: object) -> Settings:
@@ -180,6 +186,10 @@ async def test_poison_frames_never_stop_ingest(database, tmp_path, stream):
     assert not [r for r in reasons if r.startswith("the log refused")]
     valid = [raw for raw, (_, mutation) in zip(frames, stream, strict=True) if mutation is None]
     assert set(expected_rows(valid)) <= set(stored)
+    # Whatever was stored is served as an Event that /openapi.json describes.
+    for (text,) in query(database, f"SELECT {EVENT_JSON} FROM firehose_events WHERE id > %s",
+                         first_id):
+        EVENT_SCHEMA.validate(json.loads(text))
 
 
 # --- the poison frames, from an upstream, with the whole service -------------------

@@ -73,11 +73,14 @@ _EVENT = {
                  "anyOf": [{"enum": KINDS},
                            {"pattern": "^[A-Za-z][A-Za-z0-9]*$",
                             "description": "an upstream kind this version does not know"}]},
-        "commit": _COMMIT,
-        "identity": {"type": "object", "description": "the #identity body"},
-        "account": {"type": "object", "description": "the #account body"},
-        "sync": {"type": "object", "description": "the #sync body"},
-        "info": {"type": "object", "description": "the #info body"},
+        "commit": {**_COMMIT, "required": [],
+                   "dependentRequired": {"operation": ["collection", "rkey"],
+                                         "collection": ["rkey"]},
+                   "description": "with `sanitized`, `rev` and `operation` may be absent"},
+        "identity": _nullable("object", "the #identity body"),
+        "account": _nullable("object", "the #account body"),
+        "sync": _nullable("object", "the #sync body"),
+        "info": _nullable("object", "the #info body"),
         "sanitized": {"type": "string", "description":
                       "only when a field could not be stored as received: which fields were "
                       "stored as null, why, and how each began (docs/architecture.md)"},
@@ -87,6 +90,15 @@ _EVENT = {
 }
 # The body of a kind this version does not know arrives under that kind's name.
 _EVENT["additionalProperties"] = {"type": ["object", "null"]}
+# A field that could not be stored as received is absent, and `sanitized` says which; a
+# body that could not be stored is null, and `record_error` says why. Otherwise the
+# commit has all its fields and the body is an object.
+_EVENT["allOf"] = [
+    {"if": {"not": {"required": ["sanitized"]}}, "then": {"properties": {"commit": _COMMIT}}},
+    {"if": {"not": {"required": ["record_error"]}},
+     "then": {"properties": {kind: {"type": "object"}
+                             for kind in ("identity", "account", "sync", "info")}}},
+]
 
 _PAGE = _object({
     "events": {"type": "array", "items": _ref("Event")},

@@ -249,7 +249,7 @@ def _commit_rows(body: dict[str, Any], seq: int, frame_notes: sanitize.Notes,
     if not isinstance(repo, str) or not isinstance(ops, list):
         raise FrameError("#commit without repo or ops")
     repo = sanitize.did(repo, "repo")
-    rev = sanitize.word("rev", body.get("rev"), frame_notes)
+    rev = sanitize.word("rev", body.get("rev"), frame_notes, required=True)
     if not ops:
         # Empty commits (an account's first commit) still get a row: the event happened.
         return [Row(seq, repo, "commit", None, None, None, None, rev, None, None, None, time,
@@ -263,7 +263,7 @@ def _commit_rows(body: dict[str, Any], seq: int, frame_notes: sanitize.Notes,
             raise FrameError("#commit op without a path")
         collection, rkey = sanitize.path(op["path"])
         notes = frame_notes.copy()
-        action = sanitize.word("action", op.get("action"), notes)
+        action = sanitize.word("action", op.get("action"), notes, required=True)
         link = op.get("cid")  # raw CID bytes (see _decode_envelope)
         cid = record = error = raw = None
         if isinstance(link, bytes):

@@ -112,18 +112,25 @@ class Notes:
         """Record that ``field`` (originally ``value``) was stored NULL, and why."""
         self._notes.append(f"{field}: {why}; stored NULL (was {quote(value)})")
 
+    def missing(self, field: str) -> None:
+        """Record that a required ``field`` was not sent (stored NULL)."""
+        self._notes.append(f"{field}: missing; stored NULL")
+
     @property
     def text(self) -> str | None:
         """The notes joined, or None when nothing was changed."""
         return "; ".join(self._notes) if self._notes else None
 
 
-def word(field: str, value: object, notes: Notes) -> str | None:
+def word(field: str, value: object, notes: Notes, required: bool = False) -> str | None:
     """``rev`` or ``action``: kept if a string of at most 64 characters without NUL.
 
-    Missing (None) is stored as NULL without a note: nothing was changed.
+    Missing (None) is stored as NULL, with a note only if the lexicon ``required`` it (a
+    commit's ``rev``, an op's ``action``): a consumer then knows it is not an oversight.
     """
     if value is None:
+        if required:
+            notes.missing(field)
         return None
     if not isinstance(value, str):
         notes.add(field, value, "not a string")
