@@ -253,17 +253,18 @@ def _commit_rows(body: dict[str, Any], seq: int, frame_notes: sanitize.Notes,
     if not ops:
         # Empty commits (an account's first commit) still get a row: the event happened.
         return [Row(seq, repo, "commit", None, None, None, None, rev, None, None, None, time,
-                    frame_notes.text)]
+                    sanitize.joined(frame_notes))]
     blocks = body.get("blocks") or b""
     if not isinstance(blocks, bytes):
         raise FrameError("#commit blocks is not a byte string")
     rows = []
+    sanitized = sanitize.joined(frame_notes)
     for op in ops:
         if not isinstance(op, dict) or not isinstance(op.get("path"), str):
             raise FrameError("#commit op without a path")
         collection, rkey = sanitize.path(op["path"])
-        notes = frame_notes.copy()
-        action = sanitize.word("action", op.get("action"), notes, required=True)
+        op_notes: sanitize.Notes = []
+        action = sanitize.word("action", op.get("action"), op_notes, required=True)
         link = op.get("cid")  # raw CID bytes (see _decode_envelope)
         cid = record = error = raw = None
         if isinstance(link, bytes):
@@ -277,7 +278,8 @@ def _commit_rows(body: dict[str, Any], seq: int, frame_notes: sanitize.Notes,
             else:
                 record, error, raw = _decode_record(find_block(blocks, link))
         rows.append(Row(seq, repo, "commit", action, collection, rkey, cid, rev, record, error,
-                        raw, time, notes.text))
+                        raw, time, sanitize.joined(frame_notes + op_notes) if op_notes
+                        else sanitized))
     return rows
 
 
@@ -287,12 +289,12 @@ def _other_row(kind: str, body: dict[str, Any], seq: int | None, notes: sanitize
     if isinstance(did, str):
         did = sanitize.did(did, "did")
     elif did is not None:
-        notes.add("did", did, "not a string")
+        notes.append(sanitize.note("did", did, "not a string"))
         did = None
     rev = sanitize.word("rev", body.get("rev"), notes)
     record, error = _record_json(body)
     return Row(seq, did, kind, None, None, None, None, rev, record, error, None, time,
-               notes.text)
+               sanitize.joined(notes))
 
 
 def _raw_cid_hook(tag: cbor2.CBORTag, immutable: bool) -> bytes:
@@ -343,7 +345,7 @@ def decode_frame(frame: bytes) -> Frame:
     kind = sanitize.event_type(header.get("t"))
     # #info carries no seq.
     seq = None if kind == "info" else sanitize.seq(body.get("seq"), kind)
-    notes = sanitize.Notes()
+    notes: sanitize.Notes = []
     time = sanitize.event_time(body.get("time"), notes)
     if kind == "commit":
         return Frame(kind, seq, _commit_rows(body, seq, notes, time), data=frame)
