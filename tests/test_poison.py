@@ -270,7 +270,7 @@ async def test_an_upstream_sending_poison_frames_between_valid_ones(database, tm
 # --- a crash loop is a stall -------------------------------------------------------------------
 
 class BrokenStore:
-    """A real LogStore whose appends fail (not for their data) while ``broken[0]``."""
+    """A real LogStore whose batches fail (not for their data) while ``broken[0]``."""
 
     def __init__(self, store: writer.LogStore, broken: list[bool]) -> None:
         self._store = store
@@ -279,10 +279,10 @@ class BrokenStore:
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
 
-    async def append(self, *args: object, **kwargs: object) -> int:
+    async def stage(self, batch: writer.Batch) -> None:
         if self._broken[0]:
             raise RuntimeError("simulated: the disk is on fire")
-        return await self._store.append(*args, **kwargs)
+        await self._store.stage(batch)
 
 
 def _broken_store(broken: list[bool]) -> Callable[[str], object]:

@@ -15,13 +15,17 @@ from datetime import UTC, datetime
 import cbor2
 import jsonschema
 import pytest
+import trio
 import trio_asyncio
 
 from skywire_trio.api.openapi import OPENAPI
+from skywire_trio.config import Settings
 from skywire_trio.firehose.codec import Frame, FrameError, Row, decode_frame
 from skywire_trio.log import writer
+from skywire_trio.log.batcher import run_batcher
 from skywire_trio.log.narrow import append_frames
 from skywire_trio.log.reader import EVENT_JSON
+from skywire_trio.stats import IngestStats
 
 from .support import frame, pds_frames, query, relay_frames, stored_rows
 
@@ -223,7 +227,7 @@ async def test_a_refused_batch_is_narrowed_to_its_bad_frames(database, tmp_path,
     frames = _frames(12, bad)
     appended = await _store(database, frames, tmp_path / "dl")
     good = [f for f in frames if f.seq not in bad]
-    assert appended.refused == len(bad) and appended.rows == 2 * len(good)
+    assert appended.refused == len(bad) and len(appended.rows) == 2 * len(good)
     # The rest is stored in order, ids gapless, and the cursor is past the whole batch
     # (the last frame included, refused or not), so a restart fetches none of it again.
     assert query(database, "SELECT seq, rkey FROM firehose_events ORDER BY id") == [
@@ -277,3 +281,29 @@ def test_invalid_utf8_header_type_is_a_frame_error():
         decode_frame(encode({"op": 1, "t": RawText(b"#\xff")}, {"seq": 1, "did": "did:x"}))
     with pytest.raises(FrameError):
         decode_frame(frame({"op": 2, "t": "#commit"}, {"seq": 1}))
+
+
+async def test_the_pipelined_batcher_narrows_a_refused_batch(database, tmp_path):
+    # 40 frames of 2 rows through the real batcher and its two pipelined connections, in
+    # batches of 3 frames: the batch holding frames 16-18 is refused because of frame 17.
+    frames = _frames(40, {17})
+    settings = Settings(database_url=database, deadletter_dir=tmp_path / "dl", batch_size=6,
+                        batch_interval=0.05)
+    stats = IngestStats()
+    send, receive = trio.open_memory_channel[Frame](100)
+    async with trio_asyncio.open_loop(), writer.connect(database) as one, \
+            writer.connect(database) as two:
+        cursor = await one.claim_cursor("ws://test")
+        async with send:
+            for frame in frames:
+                await send.send(frame)
+        await run_batcher(receive, [one, two], cursor, settings, stats)
+    good = [f for f in frames if f.seq != 17]
+    assert query(database, "SELECT seq, rkey FROM firehose_events ORDER BY id") == [
+        (r.seq, r.rkey) for f in good for r in f.rows]
+    ids = [i for (i,) in query(database, "SELECT id FROM firehose_events ORDER BY id")]
+    assert ids == list(range(1, 79))
+    assert query(database, "SELECT last_seq, last_id FROM firehose_cursor") == [(40, 78)]
+    assert [p.read_bytes() for p in (tmp_path / "dl").glob("*.bin")] == [b"frame 17"]
+    assert stats.frames_rejected == 1 and stats.events_committed == 78
+    assert stats.last_id == 78 and stats.last_seq == 40 and stats.waiting_since is None
