@@ -108,6 +108,7 @@ REFUSED = {
 }
 
 
+@pytest.mark.quick  # no PostgreSQL
 @pytest.mark.parametrize("name", REFUSED)
 def test_identifying_fields_are_stored_exactly_or_the_frame_is_refused(name):
     raw, field = REFUSED[name]
@@ -146,6 +147,7 @@ KEPT = {
 }
 
 
+@pytest.mark.quick  # no PostgreSQL
 @pytest.mark.parametrize("name", KEPT)
 def test_descriptive_fields_are_nulled_with_a_note(name):
     raw, field, note = KEPT[name]
@@ -155,6 +157,7 @@ def test_descriptive_fields_are_nulled_with_a_note(name):
     assert len(row.sanitized) < 300
 
 
+@pytest.mark.quick  # no PostgreSQL
 def test_values_at_the_limits_are_kept_as_they_are():
     rows = decode_frame(commit(seq=2**63 - 1, time="0001-01-01T00:00:00Z")).rows
     assert rows[0].seq == 2**63 - 1 and rows[0].event_time == datetime(1, 1, 1, tzinfo=UTC)
@@ -270,12 +273,14 @@ async def test_errors_that_are_not_about_the_data_are_not_narrowed(database, tmp
     assert not (tmp_path / "dl").exists()
 
 
+@pytest.mark.quick  # no PostgreSQL
 def test_real_frames_decode_without_notes():
     # The rules change nothing in the 150 production frames and the 359 of the PDS capture.
     frames = relay_frames() + pds_frames()
     assert all(row.sanitized is None for f in frames for row in decode_frame(f).rows)
 
 
+@pytest.mark.quick  # no PostgreSQL
 def test_invalid_utf8_header_type_is_a_frame_error():
     with pytest.raises(FrameError):
         decode_frame(encode({"op": 1, "t": RawText(b"#\xff")}, {"seq": 1, "did": "did:x"}))
