@@ -301,6 +301,11 @@ async def test_bad_parameters_get_400_before_the_upgrade(service):
         assert answer.status_code == 400
         body = json.loads(answer.body)
         assert body["error"] == "bad_request" and message in body["message"], body
+    head = query(service.database, "SELECT last_id FROM firehose_cursor")[0][0]
+    answer = await rejected(service.url(since=head + 1))
+    assert (answer.status_code, json.loads(answer.body)["error"]) == (400, "since_beyond_head")
+    async with connect(service.url(since=head)) as ws:  # the head itself: live from there
+        await nothing_arrives(ws, 0.3)
 
 
 async def test_bad_tokens_scope_escapes_and_rates_get_http_errors(service):

@@ -499,6 +499,12 @@ async def _subscribe(hub: _Hub) -> None:
         options = scoped_options(subscription.collections, subscription.dids,
                                  subscription.kinds, subscription.max_message_size, token)
         since = subscription.since
+        if since is not None and since > state.feed.head:
+            head = await session.head()  # the feed may be a commit behind: ask the log
+            if since > head:  # as on /events: a cursor of another log would wait forever
+                raise ApiError(400, "since_beyond_head",
+                               f"since={since} is beyond the log's head ({head}): pass the "
+                               "id of an event this log sent, or 0")
         if subscription.cursor_us is not None:
             since = await session.id_before(_time_of(subscription.cursor_us))
     subscriber = Subscriber(hub, token, options, since, subscription.kinds,
