@@ -100,7 +100,8 @@ async def test_many_subscribers_during_ingest_and_a_stalled_one(database, tmp_pa
                                                                target(collection))
                 nursery.start_soon(follow, subscriber, index)
             # One more, live, that never reads.
-            stalled = await wsclient.Subscriber.connect("127.0.0.1", port, target(None))
+            stalled = await wsclient.Subscriber.connect("127.0.0.1", port, target(None),
+                                                        receive_buffer=4096)
             # Every subscriber is connected: now the relay starts, at ~500 frames/s.
             relay = subprocess.Popen(
                 [sys.executable, "-m", "skywire_trio", "replay", str(recording),

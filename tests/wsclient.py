@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import struct
 
 import trio
@@ -47,9 +48,18 @@ class Subscriber:
         self.close_reason = ""
 
     @classmethod
-    async def connect(cls, host: str, port: int, target: str) -> Subscriber:
-        """Open the connection and complete the upgrade (``Rejected`` if refused)."""
-        stream = await trio.open_tcp_stream(host, port)
+    async def connect(cls, host: str, port: int, target: str,
+                      receive_buffer: int | None = None) -> Subscriber:
+        """Open the connection and complete the upgrade (``Rejected`` if refused).
+
+        ``receive_buffer``: the socket's SO_RCVBUF, set before connecting (a small one
+        makes a client that stops reading stall the server after a few KiB).
+        """
+        sock = trio.socket.socket()
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        await sock.connect((host, port))
+        stream = trio.SocketStream(sock)
         key = base64.b64encode(os.urandom(16)).decode()
         await stream.send_all(
             f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
