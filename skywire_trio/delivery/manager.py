@@ -24,9 +24,9 @@ from ..log.subscriptions import open_delivery_store
 from ..stats import DeliveryStats, SubscriptionStats
 from ..supervise import TaskHealth, supervise
 from ..types import Subscription
-from .client import open_client
+from .client import Clients
 from .safety import Policy
-from .worker import Deps, ParsedCache, RetryPolicy, SubscriptionWorker
+from .worker import Deps, ParsedCache, RetryPolicy, SharedMatches, SubscriptionWorker
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,11 @@ async def run_delivery(settings: Settings, read_store: ReadStore, feed: CommitFe
             async with lead(database_url, DELIVERY_LOCK):
                 stats.leader = True
                 log.info("webhook delivery: this instance delivers")
-                async with open_delivery_store(database_url) as store, \
-                        open_client(policy, settings.webhook_timeout) as client:
-                    deps = Deps(store, read_store, feed, client, retry, ParsedCache())
+                async with open_delivery_store(database_url) as store:
+                    clients = Clients(policy, settings.webhook_timeout)
+                    parsed = ParsedCache()
+                    deps = Deps(store, read_store, feed, clients, retry, parsed,
+                                SharedMatches(parsed))
                     await _manage(deps, stats)
         finally:
             stats.leader = False

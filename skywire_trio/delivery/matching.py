@@ -10,6 +10,7 @@ other events need one of the actions).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -63,6 +64,9 @@ class Matcher:
                          if 1 < len(set(subscription.actions)) < len(ACTIONS) else None)
         self._expression = (compile_expression(subscription.jmespath)
                             if subscription.jmespath else None)
+        # Equal for subscriptions that select the same events (batch size aside).
+        self.key = (dataclasses.replace(self.filter, limit=0), self._actions,
+                    subscription.jmespath)
 
     @property
     def refines(self) -> bool:

@@ -29,7 +29,7 @@ from ..log.reader import ReadStore
 from ..log.subscriptions import DeliveryStore
 from ..stats import SubscriptionStats
 from ..types import DeadLetter, LogEvent, PendingBatch, Subscription
-from .client import WebhookClient
+from .client import Clients, WebhookClient
 from .matching import Matcher, split_page
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,36 @@ class ParsedCache:
         return document
 
 
+class SharedMatches:
+    """Each committed batch matched once per distinct selection, for every subscription.
+
+    Subscriptions often share a selection (the same filters and expression); those that
+    follow the feed receive the same batch objects, so the first to match a batch against
+    a selection keeps the result for the others.
+    """
+
+    def __init__(self, parsed: ParsedCache, capacity: int = 512) -> None:
+        self._parsed = parsed
+        self._capacity = capacity
+        # (id of the batch, selection) -> (the batch, kept so that its id stays its own,
+        # the matching events)
+        self._done: OrderedDict[tuple[int, object], tuple[CommitBatch, list[LogEvent]]] = \
+            OrderedDict()
+
+    def __call__(self, commit: CommitBatch, matcher: Matcher) -> list[LogEvent]:
+        """The events of ``commit`` that ``matcher`` selects, in id order."""
+        key = (id(commit), matcher.key)
+        found = self._done.get(key)
+        if found is not None and found[0] is commit:
+            return found[1]
+        parsed = self._parsed
+        matched = [event for event in commit.events if matcher.matches(event, parsed)]
+        self._done[key] = (commit, matched)
+        if len(self._done) > self._capacity:
+            self._done.popitem(last=False)
+        return matched
+
+
 @dataclasses.dataclass(frozen=True)
 class Deps:
     """What every subscription's worker shares."""
@@ -96,9 +126,10 @@ class Deps:
     store: DeliveryStore
     read_store: ReadStore
     feed: CommitFeed
-    client: WebhookClient
+    clients: Clients
     retry: RetryPolicy
     parsed: ParsedCache
+    matches: SharedMatches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,10 +180,15 @@ class SubscriptionWorker:
         self._feed: FeedSubscription | None = None
         self._scanned = subscription.cursor
         self._buffer: deque[LogEvent] = deque()
+        self._client: WebhookClient
         stats.cursor = subscription.cursor
 
     async def run(self) -> None:
         """Deliver until cancelled; returns when the subscription stops itself."""
+        async with self.deps.clients.open() as self._client:
+            await self._run()
+
+    async def _run(self) -> None:
         try:
             if self.sub.pending is not None:
                 batch = await self._rebuild(self.sub.pending)
@@ -215,12 +251,10 @@ class SubscriptionWorker:
                 self._cut_off()
 
     def _follow(self, commit: CommitBatch) -> None:
-        matches = self.matcher.matches
-        parsed = self.deps.parsed
-        for event in commit.events:
-            if event.id > self._scanned and matches(event, parsed):
-                self._buffer.append(event)
-        self._scanned = max(self._scanned, commit.last_id)
+        scanned = self._scanned
+        self._buffer.extend(event for event in self.deps.matches(commit, self.matcher)
+                            if event.id > scanned)
+        self._scanned = max(scanned, commit.last_id)
 
     def _cut_off(self) -> None:
         """The feed dropped us (too far behind): read pages from the cursor, then rejoin."""
@@ -325,7 +359,7 @@ class SubscriptionWorker:
         if batch.first_time is not None:
             self.stats.oldest_undelivered = batch.first_time
         while True:
-            outcome = await self.deps.client.send(self.sub.url, self.sub.secret,
+            outcome = await self._client.send(self.sub.url, self.sub.secret,
                                                   batch.webhook_id, batch.body)
             if outcome.ok:
                 # Not past `scanned`: matches after upto_id may still wait in the buffer.
@@ -380,7 +414,7 @@ class SubscriptionWorker:
     async def _resend(self, letter: DeadLetter) -> None:
         attempts = 0
         while True:
-            outcome = await self.deps.client.send(self.sub.url, self.sub.secret,
+            outcome = await self._client.send(self.sub.url, self.sub.secret,
                                                   letter.webhook_id, letter.body)
             if outcome.ok:
                 await self.deps.store.dead_letter_delivered(letter)
