@@ -301,6 +301,16 @@ class Settings:
         "SKYWIRE_PARTITION_MANAGER", "builtin", ("builtin", "pg_partman"),
         "who creates and drops partitions: our manager, or pg_partman 5 (ours then only "
         "checks at start and reports; docs/operations.md)", common=True)
+    archive_dir: str = text(
+        "SKYWIRE_ARCHIVE_DIR", "",
+        "where each closed day is exported as Parquet before retention may drop it (a "
+        "directory, or `s3://bucket/prefix` with the usual AWS variables); unset: no archive",
+        pattern=r"s3://[a-z0-9][a-z0-9.\-]{2,62}(/\S*)?|(?!s3:)\S.*",
+        accepted="a directory or `s3://bucket/prefix`", default_text="unset", common=True)
+    archive_grace: float = seconds(
+        "SKYWIRE_ARCHIVE_GRACE", 900.0, 0.0, 86400.0,
+        "a day is archived this long after its UTC midnight (commits stamped just before "
+        "midnight have landed by then)")
     test_hold_commit: float = seconds(
         "SKYWIRE_TEST_HOLD_COMMIT", 0.0, 0.0, 60.0,
         "tests only: hold each batch this long between its cursor update and its COMMIT")
@@ -373,6 +383,10 @@ def _check_together(settings: Settings, wanted: set[str] | None) -> None:
     def read(*names: str) -> bool:
         return wanted is None or set(names) <= wanted
 
+    if read("partition_manager", "archive_dir") and settings.archive_dir \
+            and settings.partition_manager == "pg_partman":
+        raise ConfigError("SKYWIRE_ARCHIVE_DIR needs SKYWIRE_PARTITION_MANAGER=builtin: "
+                          "pg_partman drops partitions without waiting for their archive")
     if read("backoff_min", "backoff_max") and settings.backoff_max < settings.backoff_min:
         raise ConfigError("SKYWIRE_BACKOFF_MAX must not be smaller than SKYWIRE_BACKOFF_MIN")
     if read("crash_backoff_min", "crash_backoff_max") and \

@@ -19,6 +19,7 @@ import logging
 import signal
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import trio
 import trio_asyncio
@@ -31,7 +32,7 @@ from .ingest import OpenStore, supervise_ingest
 from .log import reader, writer
 from .log.batcher import utc_now
 from .log.notify import CommitFeed
-from .log.partitions import check_manager, manage_partitions, policy_of
+from .log.partitions import Archiver, check_manager, manage_partitions, policy_of
 from .progress import History, RecentWarnings, watch_progress
 from .stats import DeliveryStats, IngestStats
 
@@ -82,11 +83,22 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
             delivery = DeliveryStats()
             api_url = await nursery.start(serve_api, settings, stats, read_store, feed, status,
                                           delivery)
-            await nursery.start(manage_partitions, settings, clock, stats)
+            await nursery.start(manage_partitions, settings, clock, stats,
+                                _archiver(settings, stats))
             await nursery.start(supervise_ingest, settings, stats, open_store, clock)
             await nursery.start(run_delivery, settings, read_store, feed, delivery,
                                 stats.tasks)
             task_status.started(Running(stats, api_url))
+
+
+def _archiver(settings: Settings, stats: IngestStats) -> Archiver | None:
+    """The partition manager's archive step, when ``SKYWIRE_ARCHIVE_DIR`` is set."""
+    if not settings.archive_dir:
+        return None
+    from .archive.manager import archive_closed_days  # pyarrow: only when archiving
+
+    stats.archive.enabled = True
+    return partial(archive_closed_days, settings, stats.archive)
 
 
 async def run_until_signal(settings: Settings) -> None:

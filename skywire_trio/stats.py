@@ -8,10 +8,32 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from datetime import datetime
+from datetime import date, datetime
 
 from .supervise import TaskHealth
 from .types import PartitionStatus
+
+
+@dataclasses.dataclass
+class ArchiveStats:
+    """The archive's work in this process (the partition manager's passes)."""
+
+    enabled: bool = False
+    written: int = 0
+    rows: int = 0
+    bytes: int = 0
+    failures: int = 0
+    last_day: date | None = None  # the newest day archived by this process
+    failing_day: date | None = None  # a day whose export failed, until it succeeds
+    last_error: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The ``archive`` object of /health."""
+        return {"written": self.written, "failures": self.failures,
+                "last_day": self.last_day.isoformat() if self.last_day else None,
+                "failing": self.failing_day is not None,
+                "failing_day": self.failing_day.isoformat() if self.failing_day else None,
+                "last_error": self.last_error}
 
 
 @dataclasses.dataclass
@@ -60,6 +82,8 @@ class IngestStats:
     subscribe_messages: int = 0  # events sent
     subscribe_fallbacks: int = 0  # cut off from the commit feed, back to reading pages
     subscribe_too_slow: int = 0  # closed with 4408 consumer_too_slow
+    partitions_waiting: int = 0  # expired days kept until their archive is recorded
+    archive: ArchiveStats = dataclasses.field(default_factory=ArchiveStats)
 
     def frame_waiting(self, now: float) -> None:
         """A frame was passed on to the batcher: start the stall clock if it is not running."""

@@ -249,3 +249,23 @@ class PartitionStatus:
         return {"manager": self.manager, "retention": self.retention, "premake": self.premake,
                 "partitions_ahead": self.partitions_ahead, "default_rows": self.default_rows,
                 "alarms": self.alarms()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Archive:
+    """One UTC day of the log in Parquet: read back, matched and recorded (``archives``)."""
+
+    day: date
+    path: str  # file path or s3://bucket/key
+    rows: int
+    first_id: int
+    last_id: int
+    bytes: int
+    sha256: str
+    created: datetime
+
+    def as_json(self) -> dict[str, object]:
+        """The entry shared by ``archives list``, /partitions and ``partitions list``."""
+        return {"day": self.day.isoformat(), "path": self.path, "rows": self.rows,
+                "first_id": self.first_id, "last_id": self.last_id, "bytes": self.bytes,
+                "sha256": self.sha256, "created": self.created.isoformat()}

@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import cbor2
@@ -210,6 +211,24 @@ def wait_for(predicate: callable, timeout: float, interval: float = 0.05) -> boo
 def expected_rows(frames: list[bytes]) -> list[tuple]:
     """(seq, collection, rkey, cid) of every row the frames should yield, in order."""
     return [(r.seq, r.collection, r.rkey, r.cid) for f in frames for r in decode_frame(f).rows]
+
+
+def append_rows(url: str, upstream: str, frames: list[bytes], indexed_at: datetime) -> list[int]:
+    """Commit the frames' rows through the log's writer, stamped ``indexed_at``; their ids."""
+    import trio
+    import trio_asyncio
+
+    from skywire_trio.log import writer
+
+    rows = [r for f in frames for r in decode_frame(f).rows]
+
+    async def main() -> list[int]:
+        async with trio_asyncio.open_loop(), writer.connect(url) as store:
+            cursor = await store.claim_cursor(upstream)
+            last = await store.append(rows, None, cursor.last_id, indexed_at)
+            return list(range(cursor.last_id + 1, last + 1))
+
+    return trio.run(main)
 
 
 def stored_rows(url: str) -> list[tuple]:

@@ -18,18 +18,16 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import psycopg
 import pytest
-import trio
-import trio_asyncio
 
 from skywire_trio.firehose.codec import decode_frame
 from skywire_trio.firehose.framefile import write_frames
-from skywire_trio.log import writer
 from skywire_trio.types import day_start, partition_name
 
 from .cluster import Cluster, needs_cluster, throwaway_cluster
 from .support import (
     ROOT,
     SHARED,
+    append_rows,
     fresh_database,
     query,
     relay_frames,
@@ -82,19 +80,6 @@ def cli(url: str, *args: str, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def append(url: str, upstream: str, frames: list[bytes], indexed_at: datetime) -> list[int]:
-    """Commit the frames' rows through the log's writer, stamped ``indexed_at``; their ids."""
-    rows = [r for f in frames for r in decode_frame(f).rows]
-
-    async def main() -> list[int]:
-        async with trio_asyncio.open_loop(), writer.connect(url) as store:
-            cursor = await store.claim_cursor(upstream)
-            last = await store.append(rows, None, cursor.last_id, indexed_at)
-            return list(range(cursor.last_id + 1, last + 1))
-
-    return trio.run(main)
-
-
 def bounds(url: str) -> dict[str, tuple[datetime, datetime]]:
     """Each daily partition's bounds as the catalog has them (read in a UTC session)."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -140,8 +125,8 @@ def test_adopt_then_ingest_with_pg_partman_managing(url, tmp_path):
     with replay_process(recording) as relay:
         upstream = relay + "/xrpc/com.atproto.sync.subscribeRepos"
         old = relay_frames()[:10]
-        kept_ids = append(url, upstream, old, today - timedelta(days=9) + timedelta(hours=12))
-        gone_ids = append(url, upstream, old, today - timedelta(days=20) + timedelta(hours=12))
+        kept_ids = append_rows(url, upstream, old, today - timedelta(days=9) + timedelta(hours=12))
+        gone_ids = append_rows(url, upstream, old, today - timedelta(days=20) + timedelta(hours=12))
         day9, day20 = (partition_name((today - timedelta(days=n)).date()) for n in (9, 20))
         # Our own manager first (retention long enough to keep both old days).
         done = cli(url, "partitions", "maintain", SKYWIRE_RETENTION_DAYS="30")
@@ -203,7 +188,7 @@ def test_adopt_then_ingest_with_pg_partman_managing(url, tmp_path):
 
             # Rows in the default partition: an alarm, with pg_partman's remedy.
             skewed = today + timedelta(days=30, hours=3)
-            append(url, upstream, relay_frames()[:5], skewed)
+            append_rows(url, upstream, relay_frames()[:5], skewed)
             assert wait_for(lambda: httpx.get(f"{base}/health").json()["partitions"]
                             ["default_rows"] > 0, 10)
             alarms = httpx.get(f"{base}/health").json()["partitions"]["alarms"]
@@ -228,7 +213,7 @@ def test_adopt_moves_default_rows_and_forces_utc(url):
     frames = relay_frames()
     for n, stamp in enumerate((today - timedelta(days=3, hours=-2),
                                today - timedelta(minutes=30), today + timedelta(hours=1))):
-        append(url, upstream, frames[n * 10:n * 10 + 10], stamp)
+        append_rows(url, upstream, frames[n * 10:n * 10 + 10], stamp)
     before = rows_where(url)
     assert {r[0] for r in before} == {DEFAULT}
 
@@ -256,7 +241,7 @@ def test_release_then_builtin_adopts_pg_partmans_partitions(url):
     today = _today()
     done = cli(url, "partitions", "adopt-partman", "--retention-days", "14", "--premake", "4")
     assert done.returncode == 0, done.stdout + done.stderr
-    append(url, "ws://127.0.0.1:9/x", relay_frames()[:20], datetime.now(UTC))
+    append_rows(url, "ws://127.0.0.1:9/x", relay_frames()[:20], datetime.now(UTC))
     maintenance(url, premake=6)  # two days made by pg_partman itself
     by_partman = [partition_name((today + timedelta(days=n)).date()) for n in (5, 6)]
     assert set(by_partman) <= set(bounds(url))
@@ -290,7 +275,7 @@ def test_release_then_builtin_adopts_pg_partmans_partitions(url):
 
 def test_pg_partman_mode_refuses_an_unmanaged_table(url, tmp_path):
     old = _today() - timedelta(days=20) + timedelta(hours=1)
-    ids = append(url, "ws://127.0.0.1:9/x", relay_frames()[:10], old)
+    ids = append_rows(url, "ws://127.0.0.1:9/x", relay_frames()[:10], old)
     assert cli(url, "partitions", "maintain", SKYWIRE_RETENTION_DAYS="30").returncode == 0
     expired = partition_name(old.date())
     env = service_env(url, "ws://127.0.0.1:9", tmp_path, SKYWIRE_PARTITION_MANAGER="pg_partman")

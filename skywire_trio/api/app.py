@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 
 import trio
@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from ..log.notify import CommitFeed
 from ..log.reader import ReadSession, ReadStore
 from ..stats import DeliveryStats, IngestStats
-from ..types import PartitionPolicy, PartitionStatus, Token
+from ..types import Archive, Partition, PartitionPolicy, PartitionStatus, Token
 from . import auth, params, subscribe
 from .errors import DB_ERRORS, ApiError
 from .openapi import OPENAPI
@@ -111,6 +111,13 @@ async def _events(state: ApiState) -> Response:
     return Response(body, content_type="application/json")
 
 
+def _archive_of(partition: Partition, archived: dict[date, Archive]) -> dict[str, object] | None:
+    if partition.lower is None:
+        return None
+    found = archived.get(partition.lower.date())
+    return None if found is None else found.as_json()
+
+
 def _health_body(state: ApiState, database_ok: bool,
                  partitions: PartitionStatus | None
                  ) -> tuple[dict[str, object], bool]:
@@ -148,6 +155,9 @@ def _health_body(state: ApiState, database_ok: bool,
         "last_error": stats.last_error,
         "seconds_since_error": (round(now - stats.last_error_at, 3)
                                 if stats.last_error_at is not None else None),
+        # The Parquet archive (null when SKYWIRE_ARCHIVE_DIR is unset): a failing export
+        # holds its day's partition back from retention until it succeeds.
+        "archive": stats.archive.as_json() if stats.archive.enabled else None,
     }
     return body, healthy
 
@@ -219,7 +229,9 @@ def create_app(state: ApiState) -> QuartTrio:
             now = datetime.now(UTC)
             listing = await session.partitions()
             summary = await session.partition_status(state.partition_policy, now.date())
-        return _json({**summary.as_json(), "partitions": [p.as_json(now) for p in listing]})
+            archived = await session.archives()
+        return _json({**summary.as_json(), "partitions": [
+            {**p.as_json(now), "archive": _archive_of(p, archived)} for p in listing]})
 
     @app.route("/metrics")
     async def metrics() -> Response:

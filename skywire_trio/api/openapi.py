@@ -121,6 +121,24 @@ _PARTITION_STATUS = _object({
                "description": "what an operator must look at; empty when all is well"},
 })
 
+_ARCHIVE = _object({
+    "day": {"type": "string", "format": "date"},
+    "path": {"type": "string", "description": "file path or s3:// URL"},
+    "rows": {"type": "integer"}, "first_id": {"type": "integer"},
+    "last_id": {"type": "integer"}, "bytes": {"type": "integer"},
+    "sha256": {"type": "string"}, "created": {"type": "string", "format": "date-time"},
+})
+
+_ARCHIVE_HEALTH = _object({
+    "written": {"type": "integer", "description": "days archived by this process"},
+    "failures": {"type": "integer", "description": "exports that failed (each retried)"},
+    "last_day": _nullable("string", "the newest day this process archived", format="date"),
+    "failing": {"type": "boolean", "description": "a day's export keeps failing; its "
+                "partition is kept until it succeeds"},
+    "failing_day": _nullable("string", "that day", format="date"),
+    "last_error": _nullable("string", "why"),
+})
+
 _HEALTH = _object({
     "status": {"type": "string", "enum": HEALTH_STATUSES},
     "database": {"type": "string", "enum": ["ok", "unreachable"]},
@@ -140,6 +158,8 @@ _HEALTH = _object({
     "ingest_restarts": {"type": "integer"},
     "partitions": {"oneOf": [_ref("PartitionStatus"), {"type": "null"}],
                    "description": "the partitions' status (null when the database is down)"},
+    "archive": {"oneOf": [_ARCHIVE_HEALTH, {"type": "null"}],
+                "description": "the Parquet archive (null when it is off)"},
     "tasks": {"type": "object", "description": "each supervised task by name (supervise.py)",
               "additionalProperties": _ref("TaskHealth")},
     "seconds_waiting": _nullable("number", "how long received frames have waited for a "
@@ -172,7 +192,9 @@ _PARTITION = _object({
     "bytes": {"type": "integer"},
     "current": {"type": "boolean", "description": "holds the current UTC day"},
     "default": {"type": "boolean"},
-})
+    "archive": {"oneOf": [_ref("Archive"), {"type": "null"}],
+                "description": "the day's recorded Parquet archive (in /partitions)"},
+}, required=["name", "from", "to", "rows_estimate", "bytes", "current", "default"])
 
 _STATUS = _object({
     "status": {"type": "string", "enum": HEALTH_STATUSES},
@@ -259,7 +281,7 @@ OPENAPI: dict[str, Any] = {
             "Error": _object({"error": {"type": "string", "description": "stable code"},
                               "message": {"type": "string", "description": "for humans"}}),
             "Event": _EVENT, "Page": _PAGE, "Health": _HEALTH, "TaskHealth": _TASK_HEALTH,
-            "Partition": _PARTITION, "PartitionStatus": _PARTITION_STATUS,
+            "Partition": _PARTITION, "PartitionStatus": _PARTITION_STATUS, "Archive": _ARCHIVE,
             "Status": _STATUS,
         },
     },

@@ -34,6 +34,28 @@ def _partition_series(stats: IngestStats) -> list[tuple[str, str, str, list[tupl
     ]
 
 
+def _archive_series(stats: IngestStats) -> list[tuple[str, str, str, list[tuple[str, float]]]]:
+    """The Parquet archive's work (none when SKYWIRE_ARCHIVE_DIR is unset)."""
+    archive = stats.archive
+    if not archive.enabled:
+        return []
+    return [
+        ("skywire_archives_written_total", "counter", "Days exported, verified and recorded.",
+         [("", archive.written)]),
+        ("skywire_archive_rows_total", "counter", "Rows in the archives written.",
+         [("", archive.rows)]),
+        ("skywire_archive_bytes_total", "counter", "Bytes of the archives written.",
+         [("", archive.bytes)]),
+        ("skywire_archive_failures_total", "counter", "Exports that failed (retried).",
+         [("", archive.failures)]),
+        ("skywire_archive_failing", "gauge", "1 while a day's export keeps failing.",
+         [("", int(archive.failing_day is not None))]),
+        ("skywire_partitions_waiting_for_archive", "gauge",
+         "Days past retention kept until their archive is recorded.",
+         [("", stats.partitions_waiting)]),
+    ]
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -133,6 +155,7 @@ def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]],
          "Restarts of a supervised task after a crash (any other exception: a bug).",
          [(f'task="{name}"', task.crashes) for name, task in sorted(stats.tasks.items())]),
         *_partition_series(stats),
+        *_archive_series(stats),
         ("skywire_api_responses_total", "counter", "API responses by route and status.",
          [(f'route="{route}",status="{status}"', n)
           for (route, status), n in sorted(responses.items())]),

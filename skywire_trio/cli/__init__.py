@@ -14,11 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from .. import config
-from . import configuration, cursor, partitions, replay, run, subscriptions, tokens
+from . import archive, configuration, cursor, partitions, replay, run, subscriptions, tokens
 from .logs import setup_logging
 
 # In --help order. ``run`` is also what no command means.
-GROUPS = (run, tokens, subscriptions, partitions, cursor, configuration, replay)
+GROUPS = (run, tokens, subscriptions, partitions, archive, cursor, configuration, replay)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import date, datetime, timedelta
+from functools import partial
 
 import trio
 
 from .. import config
 from ..config import Settings
+from ..types import Archive, Partition
 from .database import database
 
-NEEDS = (*config.DATABASE, "retention_days", "premake_days", "partition_manager")
+NEEDS = (*config.DATABASE, "retention_days", "premake_days", "partition_manager",
+         "archive_dir", "archive_grace")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +64,18 @@ def _partitions(settings: Settings, args: argparse.Namespace) -> int:
     return 1
 
 
+def _archive_state(partition: Partition, archived: dict[date, Archive], now: datetime,
+                   settings: Settings) -> str:
+    """``archived (N rows)``, ``pending`` (closed, not archived yet) or ``-``."""
+    if partition.lower is None or partition.upper is None:
+        return "-"
+    found = archived.get(partition.lower.date())
+    if found is not None:
+        return f"archived ({found.rows} rows)"
+    closed = now >= partition.upper + timedelta(seconds=settings.archive_grace)
+    return "pending" if settings.archive_dir and closed else "-"
+
+
 def _leaf(error: BaseException) -> BaseException:
     """The first exception inside (nested) exception groups."""
     while isinstance(error, BaseExceptionGroup):  # nurseries nest the groups
@@ -70,7 +86,7 @@ def _leaf(error: BaseException) -> BaseException:
 async def _main(settings: Settings, args: argparse.Namespace) -> int:
     import trio_asyncio
 
-    from ..log import partition_store, partman
+    from ..log import archives, partition_store, partman
     from ..log.batcher import utc_now
     from ..log.partitions import PG_PARTMAN, maintain, policy_of
 
@@ -83,8 +99,14 @@ async def _main(settings: Settings, args: argparse.Namespace) -> int:
                       "drops the partitions (SELECT partman.run_maintenance("
                       "'public.firehose_events'))", file=sys.stderr)
                 return 2
+            archive = None
+            if settings.archive_dir:
+                from ..archive.manager import archive_closed_days
+                from ..stats import ArchiveStats
+
+                archive = partial(archive_closed_days, settings, ArchiveStats())
             report = await maintain(store, utc_now(), settings.premake_days,
-                                    settings.retention_days)
+                                    settings.retention_days, archive)
             print(report.summary())
             return 0
         if args.action == "adopt-partman":
@@ -108,10 +130,12 @@ async def _main(settings: Settings, args: argparse.Namespace) -> int:
               f"{status.default_rows}")
         for alarm in status.alarms():
             print(f"ALARM: {alarm}")
-        print(f"{'name':28} {'from':26} {'to':26} {'rows':>12} {'bytes':>14}")
+        archived = await archives.archived_days(store.conn)
+        print(f"{'name':28} {'from':26} {'to':26} {'rows':>12} {'bytes':>14}  archive")
         for p in await store.partitions():
             entry = p.as_json(now)
             flag = " current" if entry["current"] else (" DEFAULT" if entry["default"] else "")
             print(f"{p.name:28} {entry['from'] or '-':26} {entry['to'] or '-':26} "
-                  f"{p.rows_estimate:>12} {p.bytes:>14}{flag}")
+                  f"{p.rows_estimate:>12} {p.bytes:>14}  "
+                  f"{_archive_state(p, archived, now, settings)}{flag}")
         return 0

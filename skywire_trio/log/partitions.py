@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import trio
@@ -22,7 +22,7 @@ from .. import types
 from ..config import Settings
 from ..stats import IngestStats
 from ..supervise import supervise
-from . import partition_store, partman
+from . import archives, partition_store, partman
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,30 @@ class MaintenanceReport:
     dropped: list[str]
     moved_rows: int
     default_rows: int  # left in the default partition after the pass
+    waiting: list[str] = dataclasses.field(default_factory=list)  # expired, not archived yet
 
     def summary(self) -> str:
         """One human line."""
         return (f"created: {', '.join(self.created) or 'none'}; "
                 f"dropped: {', '.join(self.dropped) or 'none'}; "
                 f"moved {self.moved_rows} row(s) out of the default partition, "
-                f"{self.default_rows} left there")
+                f"{self.default_rows} left there"
+                + (f"; waiting for their archive: {', '.join(self.waiting)}"
+                   if self.waiting else ""))
+
+
+# Called between premaking and dropping, with the store and the time: archives the closed
+# days (archive/manager.py). Injected so that the log does not depend on its readers.
+Archiver = Callable[[partition_store.PartitionStore, datetime], Awaitable[None]]
 
 
 async def maintain(store: partition_store.PartitionStore, now: datetime, premake_days: int,
-                   retention_days: int) -> MaintenanceReport:
-    """One builtin pass: premake today + ``premake_days``, move default rows, drop expired days.
+                   retention_days: int, archive: Archiver | None = None) -> MaintenanceReport:
+    """One builtin pass: premake today + ``premake_days``, move default rows, (archive,)
+    drop expired days.
 
+    With ``archive``, an expired day is dropped only when its recorded archive still
+    matches the partition (rows and last id) or the partition is empty; the others wait.
     Raises ``partman.PartmanError`` (and changes nothing) if pg_partman manages the log.
     """
     await partman.require_unmanaged(store.conn)
@@ -72,15 +83,30 @@ async def maintain(store: partition_store.PartitionStore, now: datetime, premake
             moved += await store.create_partition(day)
             existing.add(name)
             created.append(name)
+    if archive is not None:
+        await archive(store, now)
     cutoff = now - timedelta(days=retention_days)
-    dropped = []
+    dropped, waiting = [], []
     for partition in await store.partitions():
         # Only whole days entirely older than the retention; never today's partition
         # (retention is at least one day) and never the default partition.
-        if partition.upper is not None and partition.upper <= cutoff:
-            await store.drop_partition(partition.name)
-            dropped.append(partition.name)
-    return MaintenanceReport(created, dropped, moved, await store.default_rows())
+        if partition.upper is None or partition.upper > cutoff:
+            continue
+        if archive is not None and not await _archived(store, partition):
+            waiting.append(partition.name)
+            continue
+        await store.drop_partition(partition.name)
+        dropped.append(partition.name)
+    return MaintenanceReport(created, dropped, moved, await store.default_rows(), waiting)
+
+
+async def _archived(store: partition_store.PartitionStore, partition: types.Partition) -> bool:
+    assert partition.lower is not None
+    day = partition.lower.date()
+    recorded = (await archives.archived_days(store.conn)).get(day)
+    if recorded is None:
+        return not await archives.has_rows(store.conn, day)
+    return await archives.matches(store.conn, recorded)
 
 
 async def check_manager(database_url: str, policy: types.PartitionPolicy) -> None:
@@ -97,7 +123,7 @@ async def check_manager(database_url: str, policy: types.PartitionPolicy) -> Non
 
 
 async def manage_partitions(settings: Settings, clock: Callable[[], datetime],
-                            stats: IngestStats, *,
+                            stats: IngestStats, archive: Archiver | None = None, *,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                             ) -> None:
     """The partition-manager task: a pass at start, then every ``partition_interval``.
@@ -117,7 +143,7 @@ async def manage_partitions(settings: Settings, clock: Callable[[], datetime],
             async with partition_store.connect(settings.database_url) as store:
                 current = await partman.status(store.conn, policy, clock().date())
                 if policy.manager == BUILTIN and current.problem is None:
-                    await _builtin_pass(store, clock(), settings, stats)
+                    await _builtin_pass(store, clock(), settings, stats, archive)
                     current = await partman.status(store.conn, policy, clock().date())
             stats.partition_status = current
             stats.default_partition_rows = current.default_rows
@@ -131,8 +157,10 @@ async def manage_partitions(settings: Settings, clock: Callable[[], datetime],
 
 
 async def _builtin_pass(store: partition_store.PartitionStore, now: datetime, settings: Settings,
-                        stats: IngestStats) -> None:
-    report = await maintain(store, now, settings.premake_days, settings.retention_days)
+                        stats: IngestStats, archive: Archiver | None) -> None:
+    report = await maintain(store, now, settings.premake_days, settings.retention_days,
+                            archive)
     if report.created or report.dropped or report.moved_rows:
         log.info("partition maintenance: %s", report.summary())
     stats.partitions_dropped += len(report.dropped)
+    stats.partitions_waiting = len(report.waiting)

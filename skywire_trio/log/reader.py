@@ -13,6 +13,7 @@ from datetime import date, datetime
 import triopg
 
 from ..types import (
+    Archive,
     Cursor,
     EventFilter,
     LogEvent,
@@ -22,7 +23,7 @@ from ..types import (
     PartitionStatus,
     Token,
 )
-from . import partman, tokens
+from . import archives, partman, tokens
 from .partition_store import list_partitions
 
 # Postgres writes each event's JSON text by concatenation (about twice as cheap as
@@ -164,6 +165,10 @@ class ReadSession:
     async def partitions(self) -> list[Partition]:
         """Every partition of the log, oldest first, the default partition last."""
         return await list_partitions(self._conn)
+
+    async def archives(self) -> dict[date, Archive]:
+        """The recorded Parquet archive of each day, by day."""
+        return await archives.archived_days(self._conn)
 
     async def partition_status(self, policy: PartitionPolicy, today: date) -> PartitionStatus:
         """Where the partitions stand under ``policy`` (manager, retention, alarms)."""
