@@ -15,6 +15,7 @@ the documents). To add a setting, add one field; then regenerate the docs' table
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -27,6 +28,9 @@ DEV_TOKEN_SALT = "skywire-dev-salt"
 DEFAULT_RELAY_URL = "wss://bsky.network"
 SUBSCRIBE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
 _SPEC = "skywire_setting"  # key of a declaration in a dataclass field's metadata
+# SKYWIRE_* variables read by tools around the service, not by it (no warning for them).
+NOT_SETTINGS = frozenset({"SKYWIRE_URL", "SKYWIRE_TOKEN", "SKYWIRE_SHARED",
+                          "SKYWIRE_SCREENSHOT"})
 
 
 class ConfigError(ValueError):
@@ -127,16 +131,23 @@ def mask_password(url: str) -> str:
 
 
 def url(env: str, default: str | None, schemes: tuple[str, ...], doc: str, *,
-        default_text: str | None = None, common: bool = False) -> Any:
-    """A URL with one of ``schemes`` and a host; its password is masked when shown."""
+        default_text: str | None = None, common: bool = False, socket: bool = False) -> Any:
+    """A URL with one of ``schemes`` and a host; its password is masked when shown.
+
+    ``socket``: the host may be left out (libpq's Unix socket, as in
+    ``postgresql:///db?host=/run/postgresql``).
+    """
+    where = "a host, or none for a Unix socket" if socket else "a host"
+
     def parse(raw: str) -> str:
         parts = urlsplit(raw)
-        if parts.scheme not in schemes or not parts.hostname:
+        if parts.scheme not in schemes or not (parts.hostname or socket):
             shown = mask_password(raw) if parts.scheme else raw[:200]
-            raise ValueError(f"must be a {' or '.join(schemes)} URL with a host, got {shown!r}")
+            raise ValueError(f"must be a {' or '.join(schemes)} URL with {where}, "
+                             f"got {shown!r}")
         return raw
 
-    accepted = " or ".join(f"`{s}://`" for s in schemes) + " URL with a host"
+    accepted = " or ".join(f"`{s}://`" for s in schemes) + f" URL with {where}"
     return _declare(default, Spec(
         env, doc, parse, accepted, default_text or f"`{default}`",
         mask=lambda value: "(unset)" if value is None else mask_password(value),
@@ -180,7 +191,7 @@ class Settings:
         "DATABASE_URL", None, ("postgresql", "postgres"),
         "the log's database; created if missing, migrated on start. Unset: an embedded "
         "PostgreSQL (pgserver) in `SKYWIRE_DATA_DIR/pgdata` (refused in production)",
-        default_text="unset", common=True)
+        default_text="unset", common=True, socket=True)
     data_dir: Path = path("SKYWIRE_DATA_DIR", "var",
                           "where the embedded PostgreSQL keeps its data (`pgdata` inside)")
     environment: str = choice(
@@ -363,6 +374,7 @@ def from_env(env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     wanted = None if only is None else set(only)
     values: dict[str, Any] = {}
+    refused: list[str] = []
     for field, spec in declarations():
         if wanted is not None and field.name not in wanted:
             continue
@@ -372,10 +384,25 @@ def from_env(env: Mapping[str, str] | None = None,
         try:
             values[field.name] = spec.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{spec.env} {exc}") from None
+            refused.append(f"{spec.env} {exc}")
+    if refused:  # every bad variable at once, not one per attempt
+        raise ConfigError("\n".join(refused))
     settings = Settings(**values)
     _check_together(settings, wanted)
     return settings
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each ``SKYWIRE_*`` variable that is not a setting (typos, mostly)."""
+    env = os.environ if env is None else env
+    known = [spec.env for _, spec in declarations()]
+    warnings = []
+    for name in sorted(env):
+        if name.startswith("SKYWIRE_") and name not in known and name not in NOT_SETTINGS:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def _check_together(settings: Settings, wanted: set[str] | None) -> None:

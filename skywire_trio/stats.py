@@ -52,6 +52,7 @@ class IngestStats:
     frames_rejected: int = 0  # saved to the dead-letter directory
     duplicates_skipped: int = 0  # seq at or below the committed cursor
     upstream_connected: bool = False
+    upstream_reached: bool = False  # connected at least once since the process started
     disconnected_since: float | None = None  # trio clock; None before the first try
     buffered_frames: int = 0
     last_seq: int | None = None

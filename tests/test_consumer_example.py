@@ -31,11 +31,11 @@ def test_consumer_example_follows_the_log(database, tmp_path):
                  "--collection", "app.bsky.feed.post"], env=env, cwd=ROOT, check=True,
                 capture_output=True, text=True).stdout.strip()
             script = tmp_path / "consumer.py"
-            script.write_text(example
-                              .replace('"http://127.0.0.1:4000"', f'"http://127.0.0.1:{env["PORT"]}"')
-                              .replace('"swt_..."', f'"{token}"'))
+            script.write_text(example)
             proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path,
-                                    stdout=subprocess.PIPE, text=True)
+                                    stdout=subprocess.PIPE, text=True,
+                                    env={**env, "SKYWIRE_URL": f"http://127.0.0.1:{env['PORT']}",
+                                         "SKYWIRE_TOKEN": token})
             cursor_file = tmp_path / "cursor.txt"
             last_id = query(database, "SELECT max(id) FROM firehose_events WHERE "
                                       "collection = 'app.bsky.feed.post' OR event_type IN "

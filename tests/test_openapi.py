@@ -12,6 +12,9 @@ from skywire_trio.api.openapi import OPENAPI
 
 from .test_api import api  # noqa: F401 - the fixture
 
+# A websocket handshake: /subscribe answers it with a status before any upgrade.
+UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
 # (path, query, token, expected status): together they reach every documented path.
 CASES = [
     ("/events", {"limit": 5}, "all", 200),
@@ -24,6 +27,8 @@ CASES = [
     ("/api/events", {"limit": 3, "action": "delete"}, "all", 200),
     ("/health", {}, None, 200),
     ("/api/health", {}, None, 200),
+    ("/subscribe", {"wantedCollections": "not an nsid"}, "all", 400),
+    ("/subscribe", {}, None, 401),
     ("/partitions", {}, "all", 200),
     ("/partitions", {}, None, 401),
     ("/metrics", {}, None, 200),
@@ -60,7 +65,8 @@ async def test_every_endpoint_conforms(api):  # noqa: F811
     reached = set()
     for path, params, token, status in CASES:
         async with api.client(token) as client:
-            response = await client.get(path, params=params)
+            headers = UPGRADE if path == "/subscribe" else {}
+            response = await client.get(path, params=params, headers=headers)
         assert response.status_code == status, (path, params, response.text[:300])
         _check(path, response)
         reached.add("/static/{name}" if path.startswith("/static/") else path)
@@ -95,6 +101,17 @@ async def test_a_missing_or_extra_field_is_caught(api):  # noqa: F811
             page_schema.validate(broken)
     with pytest.raises(jsonschema.ValidationError):
         health_schema.validate({**health, "surprise": 1})
+
+
+@pytest.mark.quick
+def test_every_route_is_documented():
+    from skywire_trio.api.app import ApiState, create_app
+
+    app = create_app(ApiState(None, None, None, "salt"))  # routes only: nothing is served
+    routes = {rule.rule.replace("<name>", "{name}") for rule in app.url_map.iter_rules()}
+    documented = set(OPENAPI["paths"])
+    assert routes - documented == set(), "routes missing from /openapi.json"
+    assert documented - routes == set(), "documented paths the app does not serve"
 
 
 @pytest.mark.quick

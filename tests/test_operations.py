@@ -171,8 +171,8 @@ def test_embedded_database_zero_setup(tmp_path):
                              headers={"Authorization": f"Bearer {token}"}).json()
             assert len(page["events"]) == 473
     # Data stays for the next start.
-    shown = subprocess.run([sys.executable, "-m", "skywire_trio", "cursor", "show"], env=env,
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run([sys.executable, "-m", "skywire_trio", "cursor", "show", "--json"],
+                           env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert json.loads(shown)["last_id"] == 473
 
 
@@ -184,7 +184,8 @@ def test_health_is_503_when_stalled_or_when_the_database_is_gone(database, tmp_p
             assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
                             == [(359,)], 30)
             assert httpx.get(f"{base}/health").status_code == 200
-    # The relay is gone (its process ended) for longer than the stall bound: 503 "stalled".
+    # The relay is gone (its process ended): this process never reaches an upstream, so past
+    # the stall bound it is 503 "connecting" (not "ok" with restarts climbing).
     env = service_env(database, relay, tmp_path, SKYWIRE_STALL_SECONDS="1")
     base = f"http://127.0.0.1:{env['PORT']}"
     with service_process(env, tmp_path / "service2.log"):
@@ -196,7 +197,7 @@ def test_health_is_503_when_stalled_or_when_the_database_is_gone(database, tmp_p
 
         assert wait_for(lambda: (r := health()) is not None and r.status_code == 503, 30)
         body = health().json()
-        assert body["status"] == "stalled" and body["upstream_connected"] is False
+        assert body["status"] == "connecting" and body["upstream_connected"] is False
         # The database disappears under the running service: 503, and no crash.
         query(ADMIN_URL, f'DROP DATABASE "{database.rsplit("/", 1)[1]}" WITH (FORCE)')
         assert wait_for(lambda: (r := health()) is not None and
@@ -230,11 +231,18 @@ def test_cursor_set_is_refused_while_running_and_works_when_stopped(database, tm
                             == [(359,)], 30)
             refused = subprocess.run([sys.executable, "-m", "skywire_trio", "cursor", "set", "5"],
                                      env=env, cwd=ROOT, capture_output=True, text=True)
-            assert refused.returncode == 1 and "running" in refused.stderr
+            assert refused.returncode == 2 and "running" in refused.stderr
         done = subprocess.run([sys.executable, "-m", "skywire_trio", "cursor", "set", "300"],
                               env=env, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         shown = json.loads(subprocess.run([sys.executable, "-m", "skywire_trio", "cursor",
-                                           "show"], env=env, cwd=ROOT, capture_output=True,
-                                          text=True, check=True).stdout)
+                                           "show", "--json"], env=env, cwd=ROOT,
+                                          capture_output=True, text=True, check=True).stdout)
         assert shown["last_seq"] == 300 and shown["last_id"] == 473
+        # ISO 8601 times, in the JSON and in the table.
+        assert "T" in shown["updated_at"] and shown["updated_at"].endswith("+00:00")
+        table = subprocess.run([sys.executable, "-m", "skywire_trio", "cursor", "show"], env=env,
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        header, row = table.splitlines()
+        assert header.split() == ["upstream", "last_seq", "last_id", "updated_at"]
+        assert row.split()[1:] == ["300", "473", shown["updated_at"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -129,6 +130,7 @@ async def test_default_partition_rows_are_reported_and_moved(database, nursery, 
         await store.append(rows, None, cursor.last_id, skewed)
     before = query(database, "SELECT id, seq, rkey, cid FROM firehose_events ORDER BY id")
     assert query(database, "SELECT count(*) FROM firehose_events_default") == [(len(rows),)]
+    await wait_until(lambda: running.stats.upstream_reached, 10)  # else it is "connecting"
     async with httpx.AsyncClient(base_url=running.api_url) as client:
         health = (await client.get("/health")).json()
         assert health["default_partition_rows"] == len(rows)
@@ -146,11 +148,20 @@ async def test_default_partition_rows_are_reported_and_moved(database, nursery, 
     listed = await trio.run_process([sys.executable, "-m", "skywire_trio", "partitions", "list"],
                                     cwd=ROOT, env=env, capture_stdout=True, capture_stderr=True)
     lines = listed.stdout.decode().splitlines()
-    line = [x for x in lines if x.startswith("firehose_events_default")][0]
-    assert f" {len(rows)} " in line and "DEFAULT" in line
     # An alarm in either mode, in the listing and in /health.
     assert any(x.startswith(f"ALARM: {len(rows)} row(s) in firehose_events_default")
                for x in lines), lines
+    header = lines.index(next(x for x in lines if x.startswith("name ")))
+    assert lines[header].split() == ["name", "from", "to", "rows_estimate", "bytes", "current",
+                                     "default"]
+    line = [x for x in lines[header:] if "firehose_events_default" in x][0]
+    assert line.split()[1:4] == ["-", "-", str(len(rows))] and line.split()[-1] == "True"
+    listed = await trio.run_process([sys.executable, "-m", "skywire_trio", "partitions", "list",
+                                     "--json"], cwd=ROOT, env=env, capture_stdout=True,
+                                    capture_stderr=True)
+    entries = [json.loads(x) for x in listed.stdout.decode().splitlines()]
+    assert entries[-1]["default"] and entries[-1]["rows_estimate"] == len(rows)
+    assert "ALARM" in listed.stderr.decode()
     done = await trio.run_process([sys.executable, "-m", "skywire_trio", "partitions",
                                    "maintain"], cwd=ROOT, env=env, capture_stdout=True,
                                   capture_stderr=True)

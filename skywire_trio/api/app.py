@@ -131,8 +131,15 @@ def _health_body(state: ApiState, database_ok: bool,
     since_pong = now - stats.last_pong_monotonic if stats.last_pong_monotonic else None
     stalled = stats.stalled(now, state.stall_seconds)
     healthy = database_ok and not stalled
+    if not database_ok:
+        status = "database_unavailable"
+    elif not stats.upstream_reached:
+        # No upstream reached since start: "connecting" (503 once past the stall bound).
+        status = "connecting"
+    else:
+        status = "stalled" if stalled else "ok"
     body = {
-        "status": "ok" if healthy else ("database_unavailable" if not database_ok else "stalled"),
+        "status": status,
         "database": "ok" if database_ok else "unreachable",
         "upstream_connected": stats.upstream_connected,
         "last_seq": stats.last_seq,
@@ -185,7 +192,8 @@ async def _status(state: ApiState) -> dict[str, object]:
 
 def create_app(state: ApiState) -> QuartTrio:
     """The application, bound to ``state``."""
-    app = QuartTrio(__name__)
+    # No built-in static route: /static/<name> serves the status page's two files only.
+    app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 
     # /api/... are the paths of the original Skywire README (same handlers).

@@ -290,6 +290,37 @@ OPENAPI: dict[str, Any] = {
         "/api/events": {"get": _events_op(alias=True)},
         "/health": {"get": _health_op(alias=False)},
         "/api/health": {"get": _health_op(alias=True)},
+        "/subscribe": {"get": {
+            "summary": "The log as a Jetstream-compatible websocket (upgrade required)",
+            "operationId": "subscribe",
+            "description": "One JSON event per text message, in id order: replay from "
+                           "`cursor` or `since`, then live. After the upgrade, errors are "
+                           "close codes with a reason (docs/consumers.md).",
+            "security": [{"bearer": []}],
+            "parameters": [
+                _array_param("wantedCollections", "NSIDs or prefixes ending in `.*`",
+                             {"type": "string"}),
+                _array_param("wantedDids", "DIDs", {"type": "string"}),
+                {"name": "cursor", "in": "query", "description": "unix microseconds: replay "
+                 "from the first event at or after that time (in the future: live)",
+                 "schema": {"type": "integer", "minimum": 0}},
+                {"name": "since", "in": "query", "description": "replay after this log id",
+                 "schema": {"type": "integer", "minimum": 0}},
+                {"name": "maxMessageSizeBytes", "in": "query",
+                 "description": "skip events larger than this (0: no cap)",
+                 "schema": {"type": "integer", "minimum": 0}},
+                {"name": "requireHello", "in": "query", "description": "send nothing until "
+                 "the first `options_update` message", "schema": {"type": "boolean"}},
+                {"name": "compress", "in": "query", "description": "zstd compression "
+                 "(refused: not supported)", "schema": {"type": "boolean"}},
+                _array_param("wantedKinds", "kinds beyond Jetstream's commit, identity and "
+                             "account (e.g. sync)", {"type": "string", "enum": KINDS}),
+                {"name": "token", "in": "query", "description": "the API token, for clients "
+                 "that cannot set headers", "schema": {"type": "string"}},
+            ],
+            "responses": {"101": {"description": "switching to the websocket protocol"},
+                          **_errors(400, 401, 403, 429, 503)},
+        }},
         "/partitions": {"get": {
             "summary": "Partitions of the log", "operationId": "partitions",
             "security": [{"bearer": []}],

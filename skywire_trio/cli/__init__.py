@@ -14,11 +14,24 @@ import sys
 from collections.abc import Sequence
 
 from .. import config
-from . import archive, configuration, cursor, partitions, replay, run, subscriptions, tokens
+from . import (
+    archive,
+    configuration,
+    cursor,
+    partitions,
+    replay,
+    run,
+    status,
+    subscriptions,
+    tail,
+    tokens,
+)
+from .failures import explain
 from .logs import setup_logging
 
 # In --help order. ``run`` is also what no command means.
-GROUPS = (run, tokens, subscriptions, partitions, archive, cursor, configuration, replay)
+GROUPS = (run, status, tail, tokens, subscriptions, partitions, archive, cursor, configuration,
+          replay)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,10 +49,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command is None:
         args = parser().parse_args(["run"])
+    for warning in config.unknown_variables():
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         settings = config.from_env(only=args.needs)
     except config.ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"configuration error: {line}", file=sys.stderr)
         return 2
     setup_logging(settings.environment == "production")
-    return args.handler(settings, args)
+    try:
+        return args.handler(settings, args)
+    except Exception as exc:  # only to say a fixable failure in one line; others re-raise
+        message = explain(exc, settings)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .. import config
 from ..config import Settings
 from ..log import cursor, writer
 from .database import database
+from .output import add_json_flag, print_rows, refuse
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,7 +17,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     group = commands.add_parser("cursor", help="show or set the ingest cursor")
     group.set_defaults(handler=_cursor, needs=config.DATABASE)
     sub = group.add_subparsers(dest="cursor_command", required=True)
-    sub.add_parser("show", help="print the committed cursor")
+    add_json_flag(sub.add_parser("show", help="print the committed cursor"))
     setter = sub.add_parser("set", help="set the upstream seq to resume after "
                                         "(refused while the service runs)")
     setter.add_argument("seq", type=int)
@@ -25,17 +25,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _cursor(settings: Settings, args: argparse.Namespace) -> int:
     if args.cursor_command == "set" and args.seq < 0:
-        print("error: SEQ must be >= 0", file=sys.stderr)
-        return 2
+        return refuse("SEQ must be >= 0")
     with database(settings) as settings:
         assert settings.database_url is not None
         if args.cursor_command == "show":
-            print(json.dumps(cursor.show_cursor(settings.database_url), default=str))
+            row = cursor.show_cursor(settings.database_url)
+            print_rows([row] if row else [], ("upstream", "last_seq", "last_id", "updated_at"),
+                       args.json)
             return 0
         try:
             cursor.set_cursor(settings.database_url, args.seq)
         except writer.WriterActive as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return refuse(str(exc))
     print(f"cursor set: the next start resumes after seq {args.seq}", file=sys.stderr)
     return 0

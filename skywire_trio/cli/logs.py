@@ -30,3 +30,5 @@ def setup_logging(production: bool) -> None:
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # chatty at INFO
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per webhook request
+    # One line per plugin at every migration; the "Running upgrade" lines stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

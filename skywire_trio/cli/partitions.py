@@ -13,7 +13,10 @@ from .. import config
 from ..config import Settings
 from ..types import Archive, Partition
 from .database import database
+from .output import add_json_flag, print_rows
 
+PARTITION_COLUMNS = ("name", "from", "to", "rows_estimate", "bytes", "current", "default",
+                     "archive")
 NEEDS = (*config.DATABASE, "retention_days", "premake_days", "partition_manager",
          "archive_dir", "archive_grace")
 
@@ -22,7 +25,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """Add ``partitions``."""
     group = commands.add_parser("partitions", help="list or maintain the log's partitions")
     actions = group.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="partitions, the manager's status and any alarm")
+    add_json_flag(actions.add_parser("list",
+                                     help="partitions, the manager's status and any alarm"))
     actions.add_parser("maintain", help="one builtin maintenance pass now")
     adopt = actions.add_parser("adopt-partman",
                                help="hand the partitions to pg_partman 5 (all or nothing)")
@@ -124,18 +128,17 @@ async def _main(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         now = utc_now()
         status = await partman.status(store.conn, policy_of(settings), now.date())
+        # The manager's status above the table (on stderr with --json, which prints only
+        # the partitions, one JSON object each).
+        summary = sys.stderr if args.json else sys.stdout
         print(f"manager: {status.manager}; retention: {status.retention or 'none'}; "
               f"premake: {status.premake}; partitions ahead of today: "
               f"{status.partitions_ahead}; rows in the default partition: "
-              f"{status.default_rows}")
+              f"{status.default_rows}", file=summary)
         for alarm in status.alarms():
-            print(f"ALARM: {alarm}")
+            print(f"ALARM: {alarm}", file=summary)
         archived = await archives.archived_days(store.conn)
-        print(f"{'name':28} {'from':26} {'to':26} {'rows':>12} {'bytes':>14}  archive")
-        for p in await store.partitions():
-            entry = p.as_json(now)
-            flag = " current" if entry["current"] else (" DEFAULT" if entry["default"] else "")
-            print(f"{p.name:28} {entry['from'] or '-':26} {entry['to'] or '-':26} "
-                  f"{p.rows_estimate:>12} {p.bytes:>14}  "
-                  f"{_archive_state(p, archived, now, settings)}{flag}")
+        listing = [{**p.as_json(now), "archive": _archive_state(p, archived, now, settings)}
+                   for p in await store.partitions()]
+        print_rows(listing, PARTITION_COLUMNS, args.json)
         return 0

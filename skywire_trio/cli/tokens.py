@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .. import config
@@ -11,7 +10,10 @@ from ..config import Settings
 from ..identifiers import check_scope
 from ..log import tokens
 from .database import database
+from .output import add_json_flag, print_rows, refuse
 
+TOKEN_COLUMNS = ("name", "collections", "event_types", "repos", "rate_limit", "created_at",
+                 "revoked_at", "last_used_at")
 DEFAULT_RATE_LIMIT = 50
 MAX_RATE_LIMIT = 100_000
 
@@ -30,7 +32,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     create.add_argument("--repo", action="append", default=[], help="allowed DID; repeatable")
     create.add_argument("--rate-limit", type=int, default=DEFAULT_RATE_LIMIT,
                         help=f"requests per second (default {DEFAULT_RATE_LIMIT})")
-    sub.add_parser("list", help="list tokens (never the tokens themselves)")
+    add_json_flag(sub.add_parser("list", help="list tokens (never the tokens themselves)"))
     revoke = sub.add_parser("revoke", help="revoke a token, effective immediately")
     revoke.add_argument("name")
 
@@ -56,12 +58,10 @@ def _tokens(settings: Settings, args: argparse.Namespace) -> int:
             return _create(settings, args.name, collections, event_types, repos,
                            args.rate_limit)
         if args.tokens_command == "list":
-            for row in tokens.list_tokens(settings.database_url):
-                print(json.dumps(row, default=str))
+            print_rows(tokens.list_tokens(settings.database_url), TOKEN_COLUMNS, args.json)
             return 0
         if not tokens.revoke_token(settings.database_url, args.name):
-            print(f"error: no active token named {args.name!r}", file=sys.stderr)
-            return 1
+            return refuse(f"no active token named {args.name!r}")
     print(f"revoked {args.name}", file=sys.stderr)
     return 0
 

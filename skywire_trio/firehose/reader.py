@@ -113,6 +113,7 @@ async def _read_records(stdout: trio.abc.ReceiveStream, url: str, last_seq: int 
             elif kind == CONNECTED:
                 stats.upstream_connected, stats.disconnected_since = True, None
                 stats.last_pong_monotonic = None  # pongs are per connection; data is not
+                stats.upstream_reached = True
                 log.info("connected to %s", url)
             else:
                 raise UpstreamError(payload.decode("utf-8", "replace"))
