@@ -153,9 +153,9 @@ async def test_default_partition_rows_are_reported_and_moved(database, nursery, 
                for x in lines), lines
     header = lines.index(next(x for x in lines if x.startswith("name ")))
     assert lines[header].split() == ["name", "from", "to", "rows_estimate", "bytes", "current",
-                                     "default"]
+                                     "default", "archive"]
     line = [x for x in lines[header:] if "firehose_events_default" in x][0]
-    assert line.split()[1:4] == ["-", "-", str(len(rows))] and line.split()[-1] == "True"
+    assert line.split()[1:4] == ["-", "-", str(len(rows))] and line.split()[-2:] == ["True", "-"]
     listed = await trio.run_process([sys.executable, "-m", "skywire_trio", "partitions", "list",
                                      "--json"], cwd=ROOT, env=env, capture_stdout=True,
                                     capture_stderr=True)
