@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python scripts/bench_ingest.py [--frames N]
+    .venv/bin/python scripts/bench_ingest.py [--frames N] [--kinds pds,relay] [--ceiling]
 
 What it measures, over N frames (default 100,000) built by cycling the 150 production relay
 frames with fresh contiguous seqs (``tests.support.renumbered``):
@@ -11,11 +11,12 @@ frames with fresh contiguous seqs (``tests.support.renumbered``):
 2. The ``atproto`` SDK's own firehose decoding of the same frames, pinned to the same core:
    ``firehose_models.Frame.from_bytes`` + ``parse_subscribe_repos_message`` +
    ``CAR.from_bytes`` (which decodes every block with libipld) + a look-up of each op's
-   record in ``car.blocks``; and, as a second figure, the same plus
+   record in ``car.blocks``; and, with ``--sdk-models``, the same plus
    ``models.get_or_create(record, strict=False)`` (the SDK's typed record models, as in its
    firehose examples). Decode only, no storage.
-3. The harness's ceiling: the replay server feeding a trio-websocket client (the receiver's
-   settings) that only receives -- no decode, no database. End to end cannot beat this.
+3. With ``--ceiling``, the harness's ceiling: the replay server feeding a trio-websocket
+   client (the receiver's settings) that only receives -- no decode, no database. End to end
+   cannot beat this.
 4. End to end: a fresh migrated database, ``python -m skywire_trio replay`` serving the
    recording, and ``python -m skywire_trio`` (the service, a real process) ingesting it; timed
    from the service's start until ``firehose_cursor.last_seq`` reaches the last seq. The
@@ -31,9 +32,15 @@ ran; the end-to-end line splits CPU seconds between the service, the replay serv
 PostgreSQL backends of the benchmark database and everything else. A run with other load
 prints a warning: its figures are pessimistic.
 
+Each of these runs on two kinds of frames (``--kinds``, both by default), each recording
+``--frames`` long: the production relay frames above, and the 359 frames captured from the
+reference PDS (``tests.support.pds_frames``), renumbered the same way. A summary compares,
+per kind, the SDK's decode-only frames/s with ours committed.
+
 Targets (reported, not enforced): decode >= 20,000 frames/s on one core; end to end >= 15,000
-events/s committed; service RSS < 200 MB. The exit status is 0 when the run is *valid*
-(every event committed and verified), whether or not the targets are met.
+events/s committed; committed frames/s >= 1.2x the SDK's decode-only frames/s (floor 1.0x) on
+both kinds; service RSS < 150 MB. The exit status is 0 when the run is *valid* (every event
+committed and verified), whether or not the targets are met.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ from skywire_trio.firehose.framefile import write_frames  # noqa: E402
 from tests.support import (  # noqa: E402
     child_processes,
     fresh_database,
+    pds_frames,
     query,
     relay_frames,
     renumbered,
@@ -75,7 +83,8 @@ from tests.support import (  # noqa: E402
 
 DECODE_TARGET_FPS = 20_000
 E2E_TARGET_EPS = 15_000
-RSS_TARGET_MB = 200
+RSS_TARGET_MB = 150
+RATIO_TARGET, RATIO_FLOOR = 1.2, 1.0
 POLL_INTERVAL = 0.02
 T = TypeVar("T")
 
@@ -347,29 +356,46 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Build the recording, run the three measurements, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--frames", type=int, default=100_000, help="frames in the recording")
-    parser.add_argument("--timeout", type=float, default=180.0,
-                        help="seconds to wait for the service to commit everything")
-    parser.add_argument("--wait-quiet", type=float, default=30.0,
-                        help="seconds to wait for an idle machine before each measurement")
-    parser.add_argument("--skip-sdk-models", action="store_true",
-                        help="skip the slower SDK variant with typed record models")
-    args = parser.parse_args(argv)
+@dataclass
+class KindResult:
+    """One kind of frames, measured: decoders and end to end."""
 
-    now = datetime.datetime.now().astimezone()
-    print(f"skywire-trio ingest benchmark, {now:%Y-%m-%d %H:%M %Z}")
+    kind: str
+    frames: int
+    events: int
+    ours_fps: float
+    sdk_fps: float
+    models_fps: float | None
+    ceiling_fps: float | None
+    e2e: EndToEnd
+    valid: bool
 
-    print(f"source: {source_state()}")
-    print(f"machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
-          f"{query('postgresql://postgres@127.0.0.1:5432/postgres', 'SHOW server_version')[0][0]}"
-          " (PostgreSQL on the same machine)")
+    @property
+    def e2e_fps(self) -> float:
+        """Frames committed per second, service start to last seq."""
+        return self.frames / self.e2e.seconds if self.e2e.seconds else float("nan")
 
-    # 1. The recording.
-    base = relay_frames()
-    build_s, frames = timed(renumbered, base, args.frames)
+    @property
+    def steady_fps(self) -> float:
+        """Frames committed per second after the first commit."""
+        e2e = self.e2e
+        if e2e.first_commit is None or not e2e.completed or e2e.seconds <= e2e.first_commit:
+            return float("nan")
+        span = e2e.seconds - e2e.first_commit
+        return (self.events - e2e.events_at_first_commit) / span * self.frames / self.events
+
+
+BASES: dict[str, tuple[str, Callable[[], list[bytes]]]] = {
+    "relay": ("production relay frames (150, 5.4 KB on average)", relay_frames),
+    "pds": ("reference-PDS frames (the 359 of the local capture)", pds_frames),
+}
+
+
+def measure_kind(kind: str, args: argparse.Namespace) -> KindResult:
+    """Build ``args.frames`` frames of ``kind``, then run every measurement on them."""
+    title, base = BASES[kind]
+    print(f"\n=== {title} ===")
+    build_s, frames = timed(renumbered, base(), args.frames)
     with tempfile.TemporaryDirectory(prefix="skywire-bench-") as tmp:
         workdir = Path(tmp)
         recording = workdir / "recording.bin"
@@ -386,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{events:,} events, seqs 1..{last_seq:,}; kinds: "
               + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())))
 
-        # 2. Decoders, one core each (same core, one after the other).
+        # Decoders, one core each (same core, one after the other).
         print(f"machine before decoding: {wait_until_quiet(args.wait_quiet)}")
         with pinned_to_one_core() as cpu:
             decode_ours(frames[:2000])  # warm-up
@@ -397,80 +423,84 @@ def main(argv: Sequence[str] | None = None) -> int:
             sdk_s, sdk_ops, sdk_load = timed_with_load(sdk, frames)
             models_s: float | None = None
             models_load = 0.0
-            if not args.skip_sdk_models:
+            if args.sdk_models:
                 sdk_models = make_sdk_decoder(with_models=True)
                 sdk_models(frames[:2000])
                 models_s, _, models_load = timed_with_load(sdk_models, frames)
-        ours_fps = len(frames) / ours_s
-        sdk_fps = len(frames) / sdk_s
-        models_fps = len(frames) / models_s if models_s else None
+        n_frames = len(frames)
         print(f"decoders pinned to CPU {cpu}; SDK saw {sdk_ops:,} ops/events; other processes "
               f"used {ours_load:.2f} / {sdk_load:.2f} / {models_load:.2f} cores meanwhile "
               "(ours / SDK / SDK + models)")
-
-        # 3. End to end, after the harness's own ceiling.
-        n_frames = len(frames)
         del frames
-        print(f"machine before websocket ceiling: {wait_until_quiet(args.wait_quiet)}")
-        ceiling_fps, ceiling_client_cpu, ceiling_replay_cpu, ceiling_load = websocket_ceiling(
-            recording, n_frames)
-        print(f"replay server -> receive-only trio-websocket client: {ceiling_fps:,.0f} frames/s"
-              f" (CPU seconds: client {ceiling_client_cpu:.1f}, replay server "
-              f"{ceiling_replay_cpu:.1f}; other processes used {ceiling_load:.2f} cores)")
+
+        ceiling_fps: float | None = None
+        if args.ceiling:
+            print(f"machine before websocket ceiling: {wait_until_quiet(args.wait_quiet)}")
+            ceiling_fps, client_cpu, replay_cpu, load = websocket_ceiling(recording, n_frames)
+            print(f"replay server -> receive-only trio-websocket client: {ceiling_fps:,.0f} "
+                  f"frames/s (CPU seconds: client {client_cpu:.1f}, replay server "
+                  f"{replay_cpu:.1f}; other processes used {load:.2f} cores)")
         print(f"machine before end to end: {wait_until_quiet(args.wait_quiet)}")
         e2e = run_end_to_end(recording, last_seq, events, args.timeout, workdir)
 
-    valid = (e2e.completed and e2e.exit_code == 0 and e2e.rows == events and e2e.ids_ok)
-    if not e2e.completed:
-        print(f"\nEND TO END DID NOT COMPLETE within {args.timeout:.0f}s "
-              f"(last sample: {e2e.samples[-1] if e2e.samples else None})")
-        print("service log tail:\n" + e2e.log_tail)
-    e2e_s = e2e.seconds or float("nan")
-    e2e_eps = events / e2e_s
-    e2e_fps = n_frames / e2e_s
-    steady_eps = steady_fps = float("nan")
-    if e2e.first_commit is not None and e2e.completed and e2e.seconds > e2e.first_commit:
-        span = e2e.seconds - e2e.first_commit
-        steady_eps = (events - e2e.events_at_first_commit) / span
-        steady_fps = steady_eps * n_frames / events
-    rss_mb = (e2e.peak_rss_kb or 0) / 1024
+    result = KindResult(kind, n_frames, events, n_frames / ours_s, n_frames / sdk_s,
+                        n_frames / models_s if models_s else None, ceiling_fps, e2e,
+                        e2e.completed and e2e.exit_code == 0 and e2e.rows == events
+                        and e2e.ids_ok)
+    report_kind(result)
+    return result
 
+
+def report_kind(r: KindResult) -> None:
+    """The table and the CPU split of one kind's run."""
+    e2e = r.e2e
+    if not e2e.completed:
+        print(f"\nEND TO END DID NOT COMPLETE (last sample: "
+              f"{e2e.samples[-1] if e2e.samples else None})")
+        print("service log tail:\n" + e2e.log_tail)
+    per_frame = r.events / r.frames
+    rss_mb = (e2e.peak_rss_kb or 0) / 1024
     rows = [
-        ("our decoder (1 core)", f"{ours_fps:,.0f} frames/s",
-         f"{ours_fps * events / n_frames:,.0f} events/s",
-         f">= {DECODE_TARGET_FPS:,} frames/s: {verdict(ours_fps >= DECODE_TARGET_FPS)}"),
-        ("atproto SDK decode (1 core)", f"{sdk_fps:,.0f} frames/s",
-         f"{sdk_fps * events / n_frames:,.0f} events/s", "Frame + parse + CAR + block look-up"),
+        ("our decoder (1 core)", f"{r.ours_fps:,.0f} frames/s",
+         f"{r.ours_fps * per_frame:,.0f} events/s",
+         f">= {DECODE_TARGET_FPS:,} frames/s: {verdict(r.ours_fps >= DECODE_TARGET_FPS)}"),
+        ("atproto SDK decode (1 core)", f"{r.sdk_fps:,.0f} frames/s",
+         f"{r.sdk_fps * per_frame:,.0f} events/s", "Frame + parse + CAR + block look-up"),
     ]
-    if models_fps is not None:
-        rows.append(("atproto SDK decode + models", f"{models_fps:,.0f} frames/s",
-                     f"{models_fps * events / n_frames:,.0f} events/s",
+    if r.models_fps is not None:
+        rows.append(("atproto SDK decode + models", f"{r.models_fps:,.0f} frames/s",
+                     f"{r.models_fps * per_frame:,.0f} events/s",
                      "same + models.get_or_create(record)"))
     rows += [
-        ("end to end, committed", f"{e2e_fps:,.0f} frames/s", f"{e2e_eps:,.0f} events/s",
-         f">= {E2E_TARGET_EPS:,} events/s: {verdict(e2e_eps >= E2E_TARGET_EPS)}"),
-        ("  after first commit", f"{steady_fps:,.0f} frames/s", f"{steady_eps:,.0f} events/s",
+        ("end to end, committed", f"{r.e2e_fps:,.0f} frames/s",
+         f"{r.e2e_fps * per_frame:,.0f} events/s",
+         f">= {E2E_TARGET_EPS:,} events/s: {verdict(r.e2e_fps * per_frame >= E2E_TARGET_EPS)}"),
+        ("  after first commit", f"{r.steady_fps:,.0f} frames/s",
+         f"{r.steady_fps * per_frame:,.0f} events/s",
          f"startup to first commit {e2e.first_commit or float('nan'):.2f}s"),
-        ("  harness ceiling", f"{ceiling_fps:,.0f} frames/s",
-         f"{ceiling_fps * events / n_frames:,.0f} events/s",
-         "replay server -> receive-only client"),
+    ]
+    if r.ceiling_fps is not None:
+        rows.append(("  harness ceiling", f"{r.ceiling_fps:,.0f} frames/s",
+                     f"{r.ceiling_fps * per_frame:,.0f} events/s",
+                     "replay server -> receive-only client"))
+    rows += [
         ("service peak RSS (VmHWM)", f"{rss_mb:,.0f} MB", "",
          f"< {RSS_TARGET_MB} MB: {verdict(0 < rss_mb < RSS_TARGET_MB)} (of which receiver "
          f"{(e2e.receiver_rss_kb or 0) / 1024:,.0f} MB)"),
-        ("ratio e2e / SDK decode", f"{e2e_fps / sdk_fps:.2f}x", "",
-         f"frames/s committed / decoded; {steady_fps / sdk_fps:.2f}x after first commit"),
-        ("ratio our / SDK decoder", f"{ours_fps / sdk_fps:.2f}x", "",
-         "" if models_fps is None else f"{ours_fps / models_fps:.2f}x vs SDK + models"),
+        ("ratio e2e / SDK decode", f"{r.e2e_fps / r.sdk_fps:.2f}x", "",
+         f">= {RATIO_TARGET}x: {verdict(r.e2e_fps / r.sdk_fps >= RATIO_TARGET)} (floor "
+         f"{RATIO_FLOOR}); {r.steady_fps / r.sdk_fps:.2f}x after first commit"),
+        ("ratio our / SDK decoder", f"{r.ours_fps / r.sdk_fps:.2f}x", "", ""),
     ]
-    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    width = [max(len(row[i]) for row in rows) for i in range(4)]
     print()
-    for r in rows:
-        print("  ".join(cell.ljust(width[i]) for i, cell in enumerate(r)).rstrip())
+    for row in rows:
+        print("  ".join(cell.ljust(width[i]) for i, cell in enumerate(row)).rstrip())
     print()
-    print(f"end to end: {n_frames:,} frames / {events:,} events committed in {e2e_s:.2f}s "
-          f"(service start -> last seq in the cursor); rows {e2e.rows:,}, ids 1..n gapless: "
-          f"{e2e.ids_ok}; service exit code on SIGTERM: {e2e.exit_code}; dead letters: "
-          f"{e2e.deadletters}; ingest restarts: {e2e.restarts}")
+    print(f"end to end: {r.frames:,} frames / {r.events:,} events committed in "
+          f"{e2e.seconds:.2f}s (service start -> last seq in the cursor); rows {e2e.rows:,}, ids "
+          f"1..n gapless: {e2e.ids_ok}; service exit code on SIGTERM: {e2e.exit_code}; dead "
+          f"letters: {e2e.deadletters}; ingest restarts: {e2e.restarts}")
     if e2e.service_cpu is not None and e2e.machine_cpu is not None and e2e.seconds:
         known = (e2e.service_cpu + (e2e.receiver_cpu or 0) + (e2e.replay_cpu or 0)
                  + (e2e.postgres_cpu or 0) + (e2e.bench_cpu or 0))
@@ -487,6 +517,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         if other > 0.15 * cores * e2e.seconds:
             print("WARNING: the machine was busy with other work during the run; figures are "
                   "pessimistic")
+    print(f"run valid: {r.valid}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure each kind of frames; print a table per kind, then the summary."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--frames", type=int, default=100_000,
+                        help="frames in each recording")
+    parser.add_argument("--kinds", default="pds,relay",
+                        help="comma-separated: pds (reference-PDS frames), relay (production)")
+    parser.add_argument("--timeout", type=float, default=180.0,
+                        help="seconds to wait for the service to commit everything")
+    parser.add_argument("--wait-quiet", type=float, default=30.0,
+                        help="seconds to wait for an idle machine before each measurement")
+    parser.add_argument("--sdk-models", action="store_true",
+                        help="also time the slower SDK variant with typed record models")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also measure the harness's ceiling (receive-only client)")
+    args = parser.parse_args(argv)
+
+    now = datetime.datetime.now().astimezone()
+    print(f"skywire-trio ingest benchmark, {now:%Y-%m-%d %H:%M %Z}")
+    print(f"source: {source_state()}")
+    print(f"machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
+          f"{query('postgresql://postgres@127.0.0.1:5432/postgres', 'SHOW server_version')[0][0]}"
+          " (PostgreSQL on the same machine)")
+    results = [measure_kind(kind, args) for kind in args.kinds.split(",")]
+    print("\nsummary (frames/s; ratio = committed end to end / SDK decode-only, same frames):")
+    header = ("frames", "SDK decode", "committed", "events/s", "ratio", "after 1st commit",
+              "peak RSS")
+    lines = [header] + [
+        (r.kind, f"{r.sdk_fps:,.0f}", f"{r.e2e_fps:,.0f}",
+         f"{r.e2e_fps * r.events / r.frames:,.0f}", f"{r.e2e_fps / r.sdk_fps:.2f}x",
+         f"{r.steady_fps / r.sdk_fps:.2f}x", f"{(r.e2e.peak_rss_kb or 0) / 1024:,.0f} MB")
+        for r in results]
+    width = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  " + "  ".join(cell.rjust(width[i]) for i, cell in enumerate(line)))
+    valid = all(r.valid for r in results)
     print(f"run valid: {valid}")
     return 0 if valid else 1
 
