@@ -14,8 +14,8 @@ frames with fresh contiguous seqs (``tests.support.renumbered``):
    record in ``car.blocks``; and, with ``--sdk-models``, the same plus
    ``models.get_or_create(record, strict=False)`` (the SDK's typed record models, as in its
    firehose examples). Decode only, no storage.
-3. With ``--ceiling``, the harness's ceiling: the replay server feeding a trio-websocket
-   client (the receiver's settings) that only receives -- no decode, no database. End to end
+3. With ``--ceiling``, the harness's ceiling: the replay server feeding the receiver's
+   websocket client that only receives -- no pipe, no decode, no database. End to end
    cannot beat this.
 4. End to end: a fresh migrated database, ``python -m skywire_trio replay`` serving the
    recording, and ``python -m skywire_trio`` (the service, a real process) ingesting it; timed
@@ -212,31 +212,25 @@ def make_sdk_decoder(with_models: bool) -> Callable[[Sequence[bytes]], int]:
 def websocket_ceiling(recording: Path, frames: int) -> tuple[float, float, float, float]:
     """Frames/s the replay server delivers to a client that only receives (no decode, no DB).
 
-    The client is trio-websocket with the service's settings, so this is the most the
-    end-to-end figure can reach with this harness. Returns frames/s, the client's and the
-    replay server's CPU seconds, and the cores other processes used meanwhile.
+    The client is the receiver's own websocket client (``firehose.wsclient``) with its
+    settings, so this is the most the end-to-end figure can reach with this harness. Returns
+    frames/s, the client's and the replay server's CPU seconds, and the cores other
+    processes used meanwhile.
     """
     import trio
-    from trio_websocket import open_websocket_url
 
-    from skywire_trio.firehose import receiver
-
-    # The receiver's own websocket options, whichever of them this version of it sets.
-    options: dict[str, int] = {"max_message_size": receiver.WEBSOCKET_MAX_MESSAGE}
-    for option, constant in (("receive_buffer_size", "RECEIVE_BUFFER"),
-                             ("message_queue_size", "MESSAGE_QUEUE")):
-        if isinstance(getattr(receiver, constant, None), int):
-            options[option] = getattr(receiver, constant)
-    print("receive-only client options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+    from skywire_trio.firehose import receiver, wsclient
 
     async def receive_all(url: str) -> float:
-        async with open_websocket_url(url, **options) as ws:
-            started = time.perf_counter()
-            for _ in range(frames):
-                await ws.get_message()
-            seconds = time.perf_counter() - started
-            await ws._stream.aclose()  # the server keeps the connection open
-            return seconds
+        ws = await wsclient.connect(url, max_message=receiver.WEBSOCKET_MAX_MESSAGE,
+                                    receive_bytes=receiver.RECEIVE_BUFFER)
+        started = time.perf_counter()
+        received = 0
+        while received < frames:
+            received += len(await ws.receive())
+        seconds = time.perf_counter() - started
+        await ws.aclose()
+        return seconds
 
     with replay_process(recording) as relay_url:
         pids = child_processes(os.getpid(), "replay")
@@ -437,7 +431,7 @@ def measure_kind(kind: str, args: argparse.Namespace) -> KindResult:
         if args.ceiling:
             print(f"machine before websocket ceiling: {wait_until_quiet(args.wait_quiet)}")
             ceiling_fps, client_cpu, replay_cpu, load = websocket_ceiling(recording, n_frames)
-            print(f"replay server -> receive-only trio-websocket client: {ceiling_fps:,.0f} "
+            print(f"replay server -> receive-only websocket client: {ceiling_fps:,.0f} "
                   f"frames/s (CPU seconds: client {client_cpu:.1f}, replay server "
                   f"{replay_cpu:.1f}; other processes used {load:.2f} cores)")
         print(f"machine before end to end: {wait_until_quiet(args.wait_quiet)}")

@@ -2,8 +2,9 @@
 
 Why a process: on one thread the service spent ~72 us of CPU per frame, a third of it in
 trio-websocket and wsproto, so it could not commit 15,000 events/s. Here the websocket
-runs on the other core; the service decodes and commits. (Decoding here as well left this
-process at ~64 us a frame and the service at ~15: the split below is the balanced one.)
+runs on the other core; the service decodes and commits. The websocket itself is our own
+small client (``wsclient``): trio-websocket cost this process ~33 us a message, our client
+a few, which leaves that core to PostgreSQL and the rest.
 
 Started by the reader as ``COMMAND + [URL, READ_TIMEOUT, PING_INTERVAL]``. One process is
 one connection. It writes records to stdout, each a u32 big-endian length, a kind byte and a
@@ -38,21 +39,21 @@ import sys
 import traceback
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from .wsclient import ConnectionClosed, WebSocket, WebSocketError, connect
 
 # Headroom over the spec's 5 MB frame cap: a larger frame still reaches the decoder, which
 # rejects it into the dead-letter directory instead of the connection failing on it forever.
 WEBSOCKET_MAX_MESSAGE = 16 * 1024 * 1024
-# trio-websocket reads 4 KiB at a time by default, less than one average frame (5.4 KB);
-# 256 KiB reads and a queue of parsed messages cut the CPU per frame from ~129 to ~77 us
-# (measured with a receive-only client against the replay server).
+# Socket reads of 256 KiB: ~48 average frames (5.4 KB) a read, all parsed in one call.
 RECEIVE_BUFFER = 256 * 1024
-MESSAGE_QUEUE = 64
-# Messages waiting for the pipe. The writer writes at most once every COALESCE seconds:
-# one write per message cost ~10 us a frame (py-spy), one every 2 ms carries ~30 frames at
-# 15,000 frames/s. A message that finds the pipe idle for that long goes at once, so at
-# live rates (a frame every few ms) coalescing adds no latency; under load, at most 2 ms.
-PENDING_MESSAGES = 256
+CONNECT_TIMEOUT = 10.0
+# Chunks of records (one per socket read, or a pong or a log line) waiting for the pipe.
+# The writer writes at most once every COALESCE seconds: one write per message cost ~10 us
+# a frame (py-spy), one every 2 ms carries ~30 frames at 15,000 frames/s. What finds the
+# pipe idle for that long goes at once, so at live rates (a frame every few ms) coalescing
+# adds no latency; under load, at most 2 ms.
+PENDING_CHUNKS = 16
 COALESCE = 0.002
 PIPE_BYTES = 1024 * 1024
 
@@ -104,7 +105,7 @@ class _Life:
 
 
 class PipeLogHandler(logging.Handler):
-    """Log records of this process (ours, trio-websocket's) onto the pipe as ``LOG`` records.
+    """Log records of this process (ours, the libraries') onto the pipe as ``LOG`` records.
 
     The service logs them with its own handlers: one format (JSON in production) for all.
     A record that finds the pipe full is dropped rather than blocking the event loop.
@@ -131,7 +132,7 @@ def decode_log(payload: bytes) -> tuple[int, str, str]:
     return int(level), name, message
 
 
-async def _keep_alive(ws: WebSocketConnection, send: trio.MemorySendChannel[bytes], life: _Life,
+async def _keep_alive(ws: WebSocket, send: trio.MemorySendChannel[bytes], life: _Life,
                       silence: trio.CancelScope, timeout: float, interval: float) -> None:
     """Ping after ``interval`` without life; every pong moves the silence deadline."""
     if not 0 < interval < timeout:
@@ -146,7 +147,7 @@ async def _keep_alive(ws: WebSocketConnection, send: trio.MemorySendChannel[byte
         with trio.move_on_after(interval) as waiting:
             try:
                 await ws.ping()
-            except ConnectionClosed:
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return  # the receive loop reports why
             now = trio.current_time()
             life.pong, unanswered = now, False
@@ -159,13 +160,14 @@ async def _keep_alive(ws: WebSocketConnection, send: trio.MemorySendChannel[byte
                         trio.current_time() - life.last, timeout)
 
 
-async def _messages(ws: WebSocketConnection, send: trio.MemorySendChannel[bytes], life: _Life,
+async def _messages(ws: WebSocket, send: trio.MemorySendChannel[bytes], life: _Life,
                     silence: trio.CancelScope, timeout: float) -> str:
-    """Put messages on ``send`` until the socket closes; returns why."""
-    # Moving a cancel scope's deadline on every frame cost ~9% of the CPU (py-spy), so it
-    # moves at most every `step`: silence is detected between timeout and timeout + step.
+    """Put messages on ``send`` until the connection ends; returns why."""
+    # Moving a cancel scope's deadline on every read cost CPU for nothing, so it moves at
+    # most every `step`: silence is detected between timeout and timeout + step.
     step = min(1.0, timeout / 4)
     refresh_at = -math.inf
+    header = _HEADER.pack
     while True:
         now = trio.current_time()
         if now >= refresh_at:
@@ -173,20 +175,27 @@ async def _messages(ws: WebSocketConnection, send: trio.MemorySendChannel[bytes]
             silence.deadline = max(now + timeout + step, life.pong + timeout)
             refresh_at = now + step
         try:
-            message = await ws.get_message()
+            messages = await ws.receive()
         except ConnectionClosed as exc:
-            return f"upstream closed the connection: {exc.reason}"
-        record = (encode_record(BINARY, message) if isinstance(message, bytes)
-                  else encode_record(TEXT, message.encode("utf-8", "replace")))
+            return f"upstream closed the connection: {exc}"
+        except WebSocketError as exc:
+            return f"upstream broke the websocket protocol: {exc}"
+        except (trio.BrokenResourceError, OSError) as exc:
+            return f"the connection to the upstream failed: {exc!r}"
+        parts = []
+        for is_text, payload in messages:
+            parts.append(header(len(payload), TEXT if is_text else BINARY))
+            parts.append(payload)
+        chunk = b"".join(parts)
         try:
-            send.send_nowait(record)
+            send.send_nowait(chunk)
         except trio.WouldBlock:
             # The service is not reading: waiting here is backpressure, not silence.
             silence.deadline, refresh_at = math.inf, -math.inf
-            await send.send(record)
+            await send.send(chunk)
 
 
-async def _receive(ws: WebSocketConnection, send: trio.MemorySendChannel[bytes],
+async def _receive(ws: WebSocket, send: trio.MemorySendChannel[bytes],
                    timeout: float, ping_interval: float) -> str:
     """Put messages on ``send`` until the socket fails or the upstream is dead; returns why."""
     life = _Life(trio.current_time())
@@ -208,7 +217,7 @@ async def _write(receive: trio.MemoryReceiveChannel[bytes], out: trio.lowlevel.F
     async for first in receive:
         await trio.sleep_until(written + COALESCE)  # no wait if the pipe has been idle
         batch = [first]
-        while len(batch) < PENDING_MESSAGES:
+        while len(batch) < PENDING_CHUNKS:
             try:
                 batch.append(receive.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
@@ -220,22 +229,18 @@ async def _write(receive: trio.MemoryReceiveChannel[bytes], out: trio.lowlevel.F
 async def _connection(url: str, timeout: float, ping_interval: float,
                       send: trio.MemorySendChannel[bytes]) -> str:
     try:
-        async with open_websocket_url(url, max_message_size=WEBSOCKET_MAX_MESSAGE,
-                                      receive_buffer_size=RECEIVE_BUFFER,
-                                      message_queue_size=MESSAGE_QUEUE,
-                                      connect_timeout=10, disconnect_timeout=2) as ws:
-            await send.send(encode_record(CONNECTED))
-            try:
-                return await _receive(ws, send, timeout, ping_interval)
-            finally:
-                # trio-websocket leaves the TCP stream open when the server closed first.
-                await ws._stream.aclose()
-    except ConnectionClosed as exc:
-        return f"upstream closed the connection: {exc.reason}"
-    except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
-        # trio-websocket's HandshakeError carries no text; the reason is its context.
-        reason = exc if str(exc) else (exc.__context__ or exc)
-        return f"cannot reach {url}: {reason!r}"
+        with trio.fail_after(CONNECT_TIMEOUT):
+            ws = await connect(url, max_message=WEBSOCKET_MAX_MESSAGE,
+                               receive_bytes=RECEIVE_BUFFER)
+    except trio.TooSlowError:
+        return f"cannot reach {url}: no websocket within {CONNECT_TIMEOUT:g}s"
+    except (WebSocketError, OSError, trio.BrokenResourceError) as exc:
+        return f"cannot reach {url}: {exc!r}"
+    try:
+        await send.send(encode_record(CONNECTED))
+        return await _receive(ws, send, timeout, ping_interval)
+    finally:
+        await ws.aclose()
 
 
 async def _until_stdin_closes(scope: trio.CancelScope) -> None:
@@ -248,7 +253,7 @@ async def _until_stdin_closes(scope: trio.CancelScope) -> None:
 async def main(url: str, timeout: float, ping_interval: float) -> None:
     """Run one connection, reporting on stdout; stop early if stdin closes."""
     out = trio.lowlevel.FdStream(os.dup(1))
-    send, receive = trio.open_memory_channel[bytes](PENDING_MESSAGES)
+    send, receive = trio.open_memory_channel[bytes](PENDING_CHUNKS)
     handler = PipeLogHandler(send)
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     with trio.CancelScope() as scope:
