@@ -391,8 +391,13 @@ def run_quiet(cluster_url: str, quiet: float, frames: list[bytes], workdir: Path
     answers: list[tuple[float, int, dict]] = []
     try:
         api_url = _api_url(log)
-        started = time.monotonic()
         with httpx.Client(base_url=api_url, timeout=10) as client:
+            # The quiet spell starts once the first 100 frames are in.
+            deadline = time.monotonic() + 60
+            while client.get("/health").json()["last_seq"] != 100:
+                assert time.monotonic() < deadline, "the first 100 frames never arrived"
+                time.sleep(0.1)
+            started = time.monotonic()
             while time.monotonic() - started < quiet + 30:
                 response = client.get("/health")
                 answers.append((time.monotonic() - started, response.status_code,
