@@ -71,6 +71,7 @@ async def run_delivery(settings: Settings, read_store: ReadStore, feed: CommitFe
 async def _manage(deps: Deps, stats: DeliveryStats) -> None:
     """Start and stop workers as subscriptions become active or stop being active."""
     running: dict[int, trio.CancelScope] = {}
+    workers: dict[int, SubscriptionWorker] = {}
     # When a worker stopped its subscription itself (410, pause policy): a listing read
     # before that still says "active" and must not start it again.
     stopped_at: dict[int, float] = {}
@@ -80,13 +81,16 @@ async def _manage(deps: Deps, stats: DeliveryStats) -> None:
         with trio.CancelScope() as scope:
             entry = stats.subscriptions.setdefault(subscription.id,
                                                    SubscriptionStats(subscription.name))
+            worker = workers[subscription.id] = SubscriptionWorker(subscription, deps, entry)
             task_status.started(scope)
             try:
-                await SubscriptionWorker(subscription, deps, entry).run()
+                await worker.run()
                 stopped_at[subscription.id] = trio.current_time()
             finally:
                 if running.get(subscription.id) is scope:
                     del running[subscription.id]
+                if workers.get(subscription.id) is worker:
+                    del workers[subscription.id]
 
     async with trio.open_nursery() as nursery:
         while True:
@@ -105,5 +109,9 @@ async def _manage(deps: Deps, stats: DeliveryStats) -> None:
                     log.info("webhook delivery: starting subscription %s (after id %d)",
                              subscription.name, subscription.cursor)
                     running[subscription.id] = await nursery.start(work, subscription)
+            # One query for every subscription's `deadletters retry` requests.
+            for subscription_id in await deps.store.with_requested_retries():
+                if subscription_id in workers:
+                    workers[subscription_id].retries_requested = True
             await trio.sleep(POLL_SECONDS)
 

@@ -37,10 +37,9 @@ log = logging.getLogger(__name__)
 # Commit batches a follower may have queued before the feed cuts it off.
 FEED_CAPACITY = 64
 # With nothing to send: how long to wait for a commit before housekeeping (saving a cursor
-# that moved past non-matching events, looking for dead letters to re-send).
+# that moved past non-matching events, re-sending dead letters an operator asked for).
 IDLE_SECONDS = 1.0
 SAVE_SECONDS = 1.0
-DEAD_LETTER_CHECK_SECONDS = 2.0
 # Pages read when rebuilding a saved batch.
 REBUILD_PAGE = 1000
 _FIRST_TIME = re.compile(rb'"time_us":(-?[0-9]+)')
@@ -175,7 +174,8 @@ class SubscriptionWorker:
         self._unsaved_events = 0
         self._unsaved_batches = 0
         self._last_save = trio.current_time()
-        self._next_dead_letter_check = trio.current_time()
+        # Set by the manager when `deadletters retry` queued some of ours.
+        self.retries_requested = False
         # Following the feed: matching events in (cursor, scanned] not yet sent.
         self._feed: FeedSubscription | None = None
         self._scanned = subscription.cursor
@@ -195,10 +195,9 @@ class SubscriptionWorker:
                 if batch is not None:
                     await self._deliver(batch, self.sub.pending.attempts, self.sub.pending.since)
             while True:
-                if trio.current_time() >= self._next_dead_letter_check:
+                if self.retries_requested:
+                    self.retries_requested = False
                     await self._resend_dead_letters()
-                    self._next_dead_letter_check = (trio.current_time()
-                                                    + DEAD_LETTER_CHECK_SECONDS)
                 batch = await self._next_batch()
                 if batch is not None:
                     await self._deliver(batch)

@@ -317,6 +317,13 @@ class DeliveryStore:
                 "last_error = $4, last_error_at = now(), updated_at = now() WHERE id = $1",
                 subscription_id, state, status, error)
 
+    async def with_requested_retries(self) -> set[int]:
+        """Subscriptions that have dead letters an operator asked to re-send."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch("SELECT DISTINCT subscription_id FROM webhook_dead_letters "
+                                    "WHERE retry_requested_at IS NOT NULL")
+        return {int(row[0]) for row in rows}
+
     async def requested_dead_letters(self, subscription_id: int) -> list[DeadLetter]:
         """Dead letters an operator asked to re-send, oldest first."""
         async with self._pool.acquire() as conn:
