@@ -102,6 +102,10 @@ async def test_many_subscribers_during_ingest_and_a_stalled_one(database, tmp_pa
             # One more, live, that never reads.
             stalled = await wsclient.Subscriber.connect("127.0.0.1", port, target(None),
                                                         receive_buffer=4096)
+            # And one that never reads at all, still connected when the service is
+            # stopped: the stop must not wait for it (service_process: exit 0 within 15 s).
+            await wsclient.Subscriber.connect("127.0.0.1", port, target(None),
+                                              receive_buffer=4096)
             # Every subscriber is connected: now the relay starts, at ~500 frames/s.
             relay = subprocess.Popen(
                 [sys.executable, "-m", "skywire_trio", "replay", str(recording),

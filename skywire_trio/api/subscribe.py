@@ -19,11 +19,14 @@ are HTTP answers like ``/events``' (400, 401, 403, 429, 503); after it, close co
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import trio
@@ -31,8 +34,9 @@ from quart import websocket
 from quart_trio import QuartTrio
 
 from ..identifiers import EVENT_TYPES, split_collections, valid_collection, valid_did
+from ..log.notify import CommitBatch
 from ..log.reader import ReadSession
-from ..types import EventFilter, LogEvent, Token
+from ..types import COLLECTION_EXEMPT, EventFilter, LogEvent, Token
 from . import auth
 from .errors import DB_ERRORS, ApiError
 from .params import MAX_ID
@@ -57,6 +61,7 @@ MAX_DIDS = 10_000
 MAX_CLIENT_MESSAGE = 1024 * 1024
 MAX_MESSAGE_SIZE = 2**32 - 1  # maxMessageSizeBytes is a uint32 in Jetstream
 PAGE_SIZE = 500  # events per page while catching up from the log
+INDEXED_BATCHES = 256  # batches whose by-collection index is kept
 # One write to the socket carries at most this many events or about this many bytes:
 # the stall bound is about one write, so a client that reads even slowly finishes one
 # well within it.
@@ -266,6 +271,28 @@ def _close_reason(code: str, message: str) -> str:
     return f"{code}: {message}".encode()[:123].decode(errors="ignore")
 
 
+class _ByCollection:
+    """One committed batch's events by collection, built once for every subscriber."""
+
+    def __init__(self, events: list[LogEvent]) -> None:
+        self.collections: dict[str | None, list[LogEvent]] = {}
+        self.exempt: list[LogEvent] = []  # identity and account: they pass collections
+        for event in events:
+            if event.event_type in COLLECTION_EXEMPT:
+                self.exempt.append(event)
+            else:
+                self.collections.setdefault(event.collection, []).append(event)
+
+    def select(self, collections: tuple[str, ...]) -> Iterable[LogEvent]:
+        """The events a filter on exactly these collections can want, in id order."""
+        lists = [self.collections[c] for c in collections if c in self.collections]
+        if self.exempt:
+            lists.append(self.exempt)
+        if len(lists) == 1:
+            return lists[0]
+        return heapq.merge(*lists, key=attrgetter("id"))
+
+
 class _Hub:
     """What the subscribers of one app share: the state, the limits, who is connected."""
 
@@ -274,6 +301,21 @@ class _Hub:
         self.authenticate = authenticate
         self.limits = state.subscribe_limits
         self.connections: set[Subscriber] = set()
+        # The last batches' indexes, by range: a thousand subscribers on one collection
+        # each pick their events instead of matching every event of every batch.
+        self._indexes: OrderedDict[tuple[int, int], _ByCollection] = OrderedDict()
+
+    def candidates(self, batch: CommitBatch, event_filter: EventFilter) -> Iterable[LogEvent]:
+        """The events of ``batch`` that ``event_filter`` might want, in id order."""
+        if not event_filter.collections or event_filter.prefixes:
+            return batch.events
+        key = (batch.after_id, batch.last_id)
+        index = self._indexes.get(key)
+        if index is None:
+            index = self._indexes[key] = _ByCollection(batch.events)
+            if len(self._indexes) > INDEXED_BATCHES:
+                self._indexes.popitem(last=False)
+        return index.select(event_filter.collections)
 
 
 class Subscriber:
@@ -395,7 +437,9 @@ class Subscriber:
                 self.position = max(self.position, subscription.start)
                 self.went_live = True
                 async for batch in subscription.receive:
-                    candidates = [e for e in batch.events if e.id > self.position]
+                    hub = self._hub
+                    candidates = [e for e in hub.candidates(batch, self.options.filter)
+                                  if e.id > self.position]
                     last_id = batch.last_id
                     # Commits already waiting go out in the same write.
                     while len(candidates) < WRITE_EVENTS:
@@ -403,7 +447,7 @@ class Subscriber:
                             more = subscription.receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                        candidates += more.events
+                        candidates += hub.candidates(more, self.options.filter)
                         last_id = more.last_id
                     await self._send(candidates)
                     self.position = max(self.position, last_id)
