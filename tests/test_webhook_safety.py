@@ -125,7 +125,7 @@ def test_refused_input_is_explained_and_stores_nothing(database, tmp_path):
     for args in (("subscriptions", "pause", "nope"), ("subscriptions", "resume", "nope"),
                  ("subscriptions", "delete", "nope"), ("deadletters", "list", "nope"),
                  ("deadletters", "retry", "nope", "--all")):
-        assert "no subscription named 'nope'" in refused(dev, *args, code=1)
-    assert "has no dead letter 7" in refused(dev, "deadletters", "retry", "s1", "7", code=1)
+        assert "no subscription named 'nope'" in refused(dev, *args, code=2)
+    assert "has no dead letter 7" in refused(dev, "deadletters", "retry", "s1", "7", code=2)
     assert query(database, "SELECT count(*) FROM webhook_subscriptions") == [(1,)]
     assert query(database, "SELECT count(*) FROM webhook_dead_letters") == [(0,)]

@@ -70,7 +70,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Run one command; returns the exit code (2: refused input, 1: not found)."""
+    """Run one command; returns the exit code (2: refused input or an unknown name)."""
     if args.command == "subscriptions" and args.subscriptions_command == "create":
         # Checked before the database is touched: refused input needs no connection.
         refused = _check_create(settings, args)
@@ -103,9 +103,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         done = {"pause": "paused", "resume": "resumed", "delete": "deleted"}[command]
         print(f"{done} {args.name}", file=sys.stderr)
         return 0
-    except LookupError as exc:
+    except LookupError as exc:  # an unknown name is a refusal, as everywhere (cli/output.py)
         print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 1
+        return 2
 
 
 def _refuse(message: str) -> int:
