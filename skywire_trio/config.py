@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 DEV_TOKEN_SALT = "skywire-dev-salt"
 DEFAULT_RELAY_URL = "wss://bsky.network"
 SUBSCRIBE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
+ROLES = ("all", "ingest", "api", "publisher")
 _SPEC = "skywire_setting"  # key of a declaration in a dataclass field's metadata
 # SKYWIRE_* variables read by tools around the service, not by it (no warning for them).
 NOT_SETTINGS = frozenset({"SKYWIRE_URL", "SKYWIRE_TOKEN", "SKYWIRE_SHARED",
@@ -177,6 +178,25 @@ def text(env: str, default: str, doc: str, *, pattern: str | None = None,
 
     return _declare(default, Spec(env, doc, parse, accepted, default_text or f"`{default}`",
                                   mask=mask, common=common))
+
+
+def url_list(env: str, schemes: tuple[str, ...], doc: str) -> tuple[str, ...]:
+    """Zero or more URLs, comma-separated, each with one of ``schemes`` and a host."""
+    def parse(raw: str) -> tuple[str, ...]:
+        urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+        for value in urls:
+            parts = urlsplit(value)
+            if parts.scheme not in schemes or not parts.hostname:
+                shown = mask_password(value) if parts.scheme else value[:200]
+                raise ValueError(f"must be {' or '.join(schemes)} URLs with a host, separated "
+                                 f"by commas; got {shown!r}")
+        return urls
+
+    accepted = ("one or more " + " or ".join(f"`{s}://`" for s in schemes)
+                + " URLs with a host, comma-separated")
+    return _declare((), Spec(env, doc, parse, accepted, "unset (off)",
+                             mask=lambda value: ",".join(mask_password(u) for u in value)
+                             or "(unset)"))
 
 
 def _mask_salt(value: str) -> str:
@@ -330,6 +350,59 @@ class Settings:
     def ping_every(self) -> float:
         """The effective ping interval (``ping_interval``, or a third of the read timeout)."""
         return self.ping_interval or self.read_timeout / 3
+    role: str = choice(
+        "SKYWIRE_ROLE", "all", ROLES,
+        "what this instance runs (`run --role` overrides it): `ingest` (ingestion and "
+        "partitions), `publisher` (NATS fan-out and webhooks), `api` (reads only) or `all`; "
+        "every role serves the API; docs/deployment.md", common=True)
+    nats_urls: tuple[str, ...] = url_list(
+        "SKYWIRE_NATS_URL", ("nats", "tls"),
+        "NATS servers to publish the log to (JetStream); tried in turn, the next one after a "
+        "failure. Unset: no fan-out", )
+    nats_subject_prefix: str = text(
+        "SKYWIRE_NATS_SUBJECT_PREFIX", "atproto.firehose",
+        "subjects are `<prefix>.<kind>` and `<prefix>.commit.<collection>`; the stream "
+        "takes `<prefix>.>`", pattern=r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+){0,15}",
+        accepted="1-16 dot-separated tokens of letters, digits, `-`, `_`")
+    nats_stream: str = text("SKYWIRE_NATS_STREAM", "SKYWIRE",
+                            "the JetStream stream's name (also the publisher cursor's key)",
+                            pattern=r"[A-Za-z0-9_-]{1,64}",
+                            accepted="1-64 letters, digits, `-`, `_`")
+    nats_replicas: int = integer(
+        "SKYWIRE_NATS_REPLICAS", 1, 1, 5,
+        "stream replicas: 3 for a production cluster (at most its number of JetStream servers)")
+    nats_max_age: float = seconds("SKYWIRE_NATS_MAX_AGE", 86400.0, 60.0, 365 * 86400.0,
+                                  "messages older than this leave the stream")
+    nats_duplicate_window: float = seconds(
+        "SKYWIRE_NATS_DUPLICATE_WINDOW", 600.0, 1.0, 86400.0,
+        "JetStream drops a repeated `Nats-Msg-Id` within this window; at most the max age")
+    nats_max_bytes: int = integer("SKYWIRE_NATS_MAX_BYTES", 0, 0, 2**62,
+                                  "stream size limit, oldest messages discarded first "
+                                  "(0: none)")
+    nats_batch_size: int = integer("SKYWIRE_NATS_BATCH_SIZE", 1000, 1, 100_000,
+                                   "events read from the log and published per step")
+    nats_max_pending: int = integer(
+        "SKYWIRE_NATS_MAX_PENDING", 4000, 1, 1_000_000,
+        "messages published and not yet acknowledged (the window); at least the batch size")
+    nats_ack_timeout: float = seconds(
+        "SKYWIRE_NATS_ACK_TIMEOUT", 5.0, 0.1, 600.0,
+        "a batch not fully acknowledged this long after it was sent fails, and the "
+        "publisher starts over from what the stream holds")
+
+    @property
+    def runs_ingest(self) -> bool:
+        """Whether this instance competes for ingestion (and manages partitions)."""
+        return self.role in ("all", "ingest")
+
+    @property
+    def runs_publisher(self) -> bool:
+        """Whether this instance competes for the NATS publisher's leadership."""
+        return self.role in ("all", "publisher") and bool(self.nats_urls)
+
+    @property
+    def runs_delivery(self) -> bool:
+        """Whether this instance competes for webhook delivery."""
+        return self.role in ("all", "publisher")
 
     @property
     def subscribe_url(self) -> str:
@@ -430,6 +503,16 @@ def _check_together(settings: Settings, wanted: set[str] | None) -> None:
         raise ConfigError("SKYWIRE_PING_INTERVAL must be less than SKYWIRE_READ_TIMEOUT "
                           f"({_number(settings.read_timeout)}), got "
                           f"{_number(settings.ping_interval)}")
+    if read("nats_duplicate_window", "nats_max_age") and \
+            settings.nats_duplicate_window > settings.nats_max_age:
+        raise ConfigError("SKYWIRE_NATS_DUPLICATE_WINDOW must not be longer than "
+                          "SKYWIRE_NATS_MAX_AGE")
+    if read("nats_max_pending", "nats_batch_size") and \
+            settings.nats_max_pending < settings.nats_batch_size:
+        raise ConfigError("SKYWIRE_NATS_MAX_PENDING must not be smaller than "
+                          "SKYWIRE_NATS_BATCH_SIZE")
+    if read("role", "nats_urls"):
+        _check_role(settings)
     if settings.environment != "production":
         return
     if read("api_token_salt") and (settings.api_token_salt == DEV_TOKEN_SALT
@@ -439,6 +522,19 @@ def _check_together(settings: Settings, wanted: set[str] | None) -> None:
     if read("database_url") and settings.database_url is None:
         raise ConfigError("DATABASE_URL must be set when SKYWIRE_ENV=production "
                           "(the embedded PostgreSQL is for development)")
+
+
+def _check_role(settings: Settings) -> None:
+    if settings.role == "publisher" and not settings.nats_urls:
+        raise ConfigError("SKYWIRE_ROLE=publisher needs SKYWIRE_NATS_URL (the NATS servers "
+                          "to publish to)")
+
+
+def with_role(settings: Settings, role: str) -> Settings:
+    """``settings`` with the role given on the command line (``run --role``)."""
+    settings = dataclasses.replace(settings, role=role)
+    _check_role(settings)
+    return settings
 
 
 def _cell(value: str) -> str:

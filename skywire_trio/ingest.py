@@ -44,7 +44,9 @@ async def run_ingest_once(settings: Settings, stores: Sequence[writer.LogStore],
                           stats: IngestStats, clock: Callable[[], datetime] = utc_now) -> None:
     """One ingest nursery: resume after the committed cursor until something fails.
 
-    ``stores``: the writer's connections, each holding its own writer lock.
+    Runs only while this instance holds the ingest lock (``leaders.py``). ``stores``: the
+    writer's connections, each holding its own writer lock as well, and the cursor's
+    ``last_id`` check stops a second writer all the same.
     """
     for role, store in enumerate(stores):
         await store.lock_writer(role)
@@ -76,6 +78,8 @@ async def supervise_ingest(settings: Settings, stats: IngestStats,
     ``CursorMismatch`` (configuration, not a fault) stops the service with its message.
     """
     runs = 0
+    # A standby that just became the leader has been "disconnected" only from now on.
+    stats.disconnected_since = trio.current_time()
 
     async def ingest_once(ready: Callable[[], None]) -> None:
         nonlocal runs

@@ -1,15 +1,22 @@
 """The service nursery: everything ``python -m skywire_trio run`` keeps alive.
 
-    service nursery (until SIGINT/SIGTERM)
-    ├── commit-feed        follows commits for every in-process reader (log/notify.py)
-    ├── progress           samples stats for the status page, logs a progress line
-    ├── api                quart-trio app on hypercorn's trio worker (api/server.py)
-    ├── partition-manager  premakes daily partitions on a timer
-    ├── ingest supervisor  (see ingest.py)
-    └── delivery           webhook subscriptions, leader only (delivery/manager.py)
+    service nursery (until SIGINT/SIGTERM)                       roles that run it
+    ├── commit-feed        follows commits for every in-process reader     every role
+    │                      (log/notify.py)
+    ├── progress           samples stats for the status page, logs a       every role
+    │                      progress line
+    ├── api                quart-trio app on hypercorn's trio worker       every role
+    │                      (api/server.py)
+    ├── partition-manager  premakes daily partitions on a timer            all, ingest
+    ├── ingest-leader      waits for the ingest lock, then runs the        all, ingest
+    │                      ingest supervisor (leaders.py, ingest.py)
+    ├── publisher-leader   waits for the publisher lock, then publishes    all, publisher
+    │                      the log to NATS JetStream (fanout/)             (SKYWIRE_NATS_URL)
+    └── delivery           webhook subscriptions, leader only              all, publisher
+                           (delivery/manager.py)
 
-The API sits beside the supervisor, not inside the ingest nursery, so consumers keep
-reading while ingestion restarts.
+The API sits beside the supervisors, not inside them, so consumers keep reading while
+ingestion restarts, and a standby instance serves reads while it waits for a lock.
 """
 
 from __future__ import annotations
@@ -29,13 +36,16 @@ from .api.server import serve_api
 from .api.status_page import StatusSources
 from .config import Settings, mask_password
 from .delivery.manager import run_delivery
+from .fanout.publisher import run_publisher
 from .ingest import OpenStore, supervise_ingest
+from .leaders import lead_role
 from .log import reader, writer
 from .log.batcher import utc_now
+from .log.leadership import INGEST_LOCK, PUBLISHER_LOCK
 from .log.notify import CommitFeed
 from .log.partitions import Archiver, check_manager, manage_partitions, policy_of
 from .progress import History, RecentWarnings, watch_progress
-from .stats import DeliveryStats, IngestStats
+from .stats import DeliveryStats, IngestStats, PublisherStats, Roles
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,8 @@ class Running:
 
     stats: IngestStats
     api_url: str
+    roles: Roles = dataclasses.field(default_factory=Roles)
+    publisher: PublisherStats | None = None
 
 
 async def serve(settings: Settings, open_store: OpenStore = writer.connect,
@@ -67,12 +79,20 @@ async def serve(settings: Settings, open_store: OpenStore = writer.connect,
 async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], datetime],
                  stats: IngestStats, warnings: RecentWarnings,
                  task_status: trio.TaskStatus[Running]) -> None:
+    roles = Roles(settings.role)
+    publisher = PublisherStats() if settings.runs_publisher else None
     async with trio_asyncio.open_loop():
-        async with open_store(settings.database_url) as store:
-            # Refuse early, with the message, if the cursor belongs to another upstream, or
-            # if the configured partition manager does not match the database.
-            await store.claim_cursor(settings.subscribe_url, settings.reset_cursor)
-        await check_manager(settings.database_url, policy_of(settings))
+        if settings.runs_ingest:
+            async with open_store(settings.database_url) as store:
+                # Refuse early, with the message, if the cursor belongs to another upstream
+                # (resetting it is the leader's to do, once it holds the lock).
+                try:
+                    await store.claim_cursor(settings.subscribe_url)
+                except writer.CursorMismatch:
+                    if not settings.reset_cursor:
+                        raise
+            # ... or if the configured partition manager does not match the database.
+            await check_manager(settings.database_url, policy_of(settings))
         async with reader.open_read_store(settings.database_url,
                                           settings.api_pool_size) as read_store, \
                 trio.open_nursery() as nursery:
@@ -82,14 +102,26 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
             await nursery.start(watch_progress, stats, status.history,
                                 settings.progress_interval)
             delivery = DeliveryStats()
-            api_url = await nursery.start(serve_api, settings, stats, read_store, feed, status,
-                                          delivery)
-            await nursery.start(manage_partitions, settings, clock, stats,
-                                _archiver(settings, stats))
-            await nursery.start(supervise_ingest, settings, stats, open_store, clock)
-            await nursery.start(run_delivery, settings, read_store, feed, delivery,
-                                stats.tasks)
-            task_status.started(Running(stats, api_url))
+            api_url = await nursery.start(partial(
+                serve_api, settings, stats, read_store, feed, status, delivery, roles=roles,
+                publisher=publisher))
+            if settings.runs_ingest:
+                await nursery.start(manage_partitions, settings, clock, stats,
+                                    _archiver(settings, stats))
+                await nursery.start(partial(
+                    lead_role, "ingest", INGEST_LOCK,
+                    partial(supervise_ingest, settings, stats, open_store, clock),
+                    settings, roles, stats.tasks, fatal=(writer.CursorMismatch,)))
+            if publisher is not None:
+                await nursery.start(lead_role, "publisher", PUBLISHER_LOCK,
+                                    partial(run_publisher, settings, read_store, feed,
+                                            publisher, stats.tasks),
+                                    settings, roles, stats.tasks)
+            if settings.runs_delivery:
+                roles.states["delivery"] = "standby"  # /health reads delivery.leader
+                await nursery.start(run_delivery, settings, read_store, feed, delivery,
+                                    stats.tasks)
+            task_status.started(Running(stats, api_url, roles, publisher))
 
 
 def _archiver(settings: Settings, stats: IngestStats) -> Archiver | None:
@@ -112,7 +144,9 @@ async def run_until_signal(settings: Settings) -> None:
             # walked it every few seconds at live commit rates (50-100 ms pauses of the
             # whole service, ingest included; docs/performance.md).
             gc.freeze()
-            log.info("skywire-trio running; ingesting from %s", settings.subscribe_url)
+            log.info("skywire-trio running as role %s%s", settings.role,
+                     f"; ingesting from {settings.subscribe_url} when leader"
+                     if settings.runs_ingest else "")
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

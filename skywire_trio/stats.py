@@ -148,3 +148,35 @@ class DeliveryStats:
 
     leader: bool = False
     subscriptions: dict[int, SubscriptionStats] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Roles:
+    """The role this instance was started with, and which singleton roles it leads.
+
+    ``states`` maps each singleton role this instance runs (``ingest``, ``publisher``) to
+    ``"leader"`` or ``"standby"``; ``since`` holds the wall-clock time (Unix seconds) at
+    which it last became leader.
+    """
+
+    configured: str = "all"
+    states: dict[str, str] = dataclasses.field(default_factory=dict)
+    since: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def leads(self, role: str) -> bool:
+        """Whether this instance currently leads ``role``."""
+        return self.states.get(role) == "leader"
+
+
+@dataclasses.dataclass
+class PublisherStats:
+    """What the NATS publisher has done since the process started, and where it stands."""
+
+    connected: bool = False
+    last_id: int = 0  # every id up to this one is acknowledged by JetStream
+    last_time_us: int | None = None  # commit time of the event at last_id
+    published: int = 0  # messages acknowledged (duplicates included)
+    duplicates: int = 0  # acknowledged as duplicates (already in the stream)
+    errors: int = 0  # failed connections, refused or unacknowledged publishes
+    skipped: int = 0  # ids dropped by retention before they were published
+    last_error: str | None = None

@@ -89,6 +89,7 @@ class LogEvent:
     action: str | None
     time_us: int
     json: bytes
+    seq: int | None = None  # the upstream seq (None for #info)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import time
 
+from .nats import nats_server, wait_stream_count
 from .support import (
     PDS_CAPTURE,
     ROOT,
@@ -51,5 +53,36 @@ def test_consumer_example_follows_the_log(database, tmp_path):
                               "collection = 'app.bsky.feed.post' AND action = 'create' "
                               "ORDER BY id")
     lines = out.splitlines()
+    assert len(lines) == len(creates) == 260
+    assert [line.split(" ", 1)[0] for line in lines] == [r[0] for r in creates]
+
+
+def test_nats_consumer_example_follows_the_stream(database, tmp_path):
+    doc = (ROOT / "docs" / "consumers.md").read_text()
+    example = re.search(r"```python nats-consumer\n(.*?)```", doc, re.S).group(1)
+    with nats_server(tmp_path) as nats, replay_process(PDS_CAPTURE) as relay:
+        env = service_env(database, relay, tmp_path, SKYWIRE_NATS_URL=nats.url)
+        with service_process(env, tmp_path / "service.log"):
+            assert wait_stream_count(nats.url, 473, 30)
+            script = tmp_path / "nats_consumer.py"
+            script.write_text(example.replace('"nats://127.0.0.1:4222"', f'"{nats.url}"'))
+            proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path,
+                                    stdout=subprocess.PIPE, text=True)
+            lines = []
+            watchdog = threading.Timer(30, proc.kill)  # readline must not block forever
+            watchdog.start()
+            try:
+                while len(lines) < 260:
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    lines.append(line)
+            finally:
+                watchdog.cancel()
+                proc.kill()
+                proc.wait(10)
+    creates = query(database, "SELECT repo FROM firehose_events WHERE "
+                              "collection = 'app.bsky.feed.post' AND action = 'create' "
+                              "ORDER BY id")
     assert len(lines) == len(creates) == 260
     assert [line.split(" ", 1)[0] for line in lines] == [r[0] for r in creates]

@@ -16,7 +16,8 @@ from skywire_trio.log import schema
 from .support import ROOT, fresh_database, query
 
 TABLES = ("SELECT relname FROM pg_class WHERE (relname LIKE 'firehose%' "
-          "OR relname = 'api_tokens') AND relkind IN ('r', 'p') ORDER BY 1")
+          "OR relname IN ('api_tokens', 'publisher_cursor')) AND relkind IN ('r', 'p') "
+          "ORDER BY 1")
 
 
 def test_upgrade_downgrade_upgrade():
@@ -26,13 +27,14 @@ def test_upgrade_downgrade_upgrade():
         command.upgrade(cfg, "head")
         assert schema.at_head(url)  # ... and later starts skip alembic
         assert [r[0] for r in query(url, TABLES)] == [
-            "api_tokens", "firehose_cursor", "firehose_events", "firehose_events_default"]
+            "api_tokens", "firehose_cursor", "firehose_events", "firehose_events_default",
+            "publisher_cursor"]
         query(url, "INSERT INTO firehose_cursor (upstream) VALUES ('ws://x')")
         command.downgrade(cfg, "base")
         assert query(url, TABLES) == []
         assert not schema.at_head(url)
         command.upgrade(cfg, "head")
-        assert len(query(url, TABLES)) == 4
+        assert len(query(url, TABLES)) == 5
         indexes = {r[0] for r in query(
             url, "SELECT indexname FROM pg_indexes WHERE tablename = 'firehose_events'")}
         assert {"firehose_events_id_idx", "firehose_events_collection_id_idx",
@@ -50,7 +52,7 @@ def test_operators_alembic_ini_upgrades_and_downgrades(tmp_path):
                                     env=env, capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, result.stderr
             assert schema.at_head(url) == (args[0] == "upgrade")
-            assert len(query(url, TABLES)) == (4 if args[0] == "upgrade" else 0)
+            assert len(query(url, TABLES)) == (5 if args[0] == "upgrade" else 0)
 
 
 @pytest.mark.quick

@@ -44,6 +44,14 @@ BAD_VALUES = [
     ("SKYWIRE_HEALTHY_AFTER", "0"), ("SKYWIRE_RESET_CURSOR", "maybe"),
     ("SKYWIRE_ENV", "staging"), ("SKYWIRE_API_POOL_SIZE", "0"),
     ("SKYWIRE_PARTITION_INTERVAL", "0"), ("SKYWIRE_STALL_SECONDS", "0"),
+    ("SKYWIRE_ROLE", "boss"), ("SKYWIRE_ROLE", "publisher"),  # publisher without NATS
+    ("SKYWIRE_NATS_URL", "http://127.0.0.1:4222"),
+    ("SKYWIRE_NATS_URL", "nats://127.0.0.1:4222,nats://"),
+    ("SKYWIRE_NATS_SUBJECT_PREFIX", "atproto.>"), ("SKYWIRE_NATS_SUBJECT_PREFIX", "a..b"),
+    ("SKYWIRE_NATS_SUBJECT_PREFIX", "a b"), ("SKYWIRE_NATS_STREAM", "a.b"),
+    ("SKYWIRE_NATS_REPLICAS", "0"), ("SKYWIRE_NATS_REPLICAS", "7"),
+    ("SKYWIRE_NATS_DUPLICATE_WINDOW", "100000"), ("SKYWIRE_NATS_ACK_TIMEOUT", "0"),
+    ("SKYWIRE_NATS_MAX_PENDING", "10"),
 ]
 
 

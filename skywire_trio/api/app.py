@@ -19,12 +19,12 @@ from werkzeug.exceptions import HTTPException
 
 from ..log.notify import CommitFeed
 from ..log.reader import ReadSession, ReadStore
-from ..stats import DeliveryStats, IngestStats
+from ..stats import DeliveryStats, IngestStats, PublisherStats, Roles
 from ..types import Archive, Partition, PartitionPolicy, PartitionStatus, Token
 from . import auth, params, subscribe
 from .errors import DB_ERRORS, ApiError
 from .openapi import OPENAPI
-from .prometheus import render_metrics
+from .prometheus import publisher_lag, render_metrics
 from .status_page import PARTITIONS_TTL, StatusSources, register_static, render_page, status_body
 
 # last_used_at is written at most this often per token: a write per request is not worth it.
@@ -52,6 +52,8 @@ class ApiState:
     touched: dict[str, float] = dataclasses.field(default_factory=dict)
     status: StatusSources | None = None  # the status page's sources (None: no page)
     subscribe_limits: subscribe.Limits = dataclasses.field(default_factory=subscribe.Limits)
+    roles: Roles = dataclasses.field(default_factory=Roles)
+    publisher: PublisherStats | None = None  # None: fan-out is off in this instance
 
 
 async def _authenticate(state: ApiState, session: ReadSession) -> Token:
@@ -129,7 +131,9 @@ def _health_body(state: ApiState, database_ok: bool,
     # A quiet upstream that answers pings is connected and healthy; these show the silence.
     since_event = now - stats.last_frame_monotonic if stats.last_frame_monotonic else None
     since_pong = now - stats.last_pong_monotonic if stats.last_pong_monotonic else None
-    stalled = stats.stalled(now, state.stall_seconds)
+    # Only the ingest leader can stall: a standby (or an api or publisher instance) is not
+    # supposed to be connected upstream.
+    stalled = state.roles.leads("ingest") and stats.stalled(now, state.stall_seconds)
     healthy = database_ok and not stalled
     if not database_ok:
         status = "database_unavailable"
@@ -165,8 +169,39 @@ def _health_body(state: ApiState, database_ok: bool,
         # The Parquet archive (null when SKYWIRE_ARCHIVE_DIR is unset): a failing export
         # holds its day's partition back from retention until it succeeds.
         "archive": stats.archive.as_json() if stats.archive.enabled else None,
+        "role": state.roles.configured,
+        # Each singleton role this instance runs: "leader" or "standby", and since when
+        # it leads.
+        "leadership": _leadership(state),
+        "leader_since": {role: datetime.fromtimestamp(since, UTC).isoformat()
+                         for role, since in sorted(state.roles.since.items())
+                         if state.roles.leads(role)},
     }
+    if state.publisher is not None:
+        body["publisher"] = _publisher_health(state, state.publisher)
     return body, healthy
+
+
+def _leadership(state: ApiState) -> dict[str, str]:
+    leadership = dict(state.roles.states)
+    if "delivery" in leadership:  # webhook delivery keeps its own flag (delivery/manager.py)
+        leadership["delivery"] = "leader" if state.delivery.leader else "standby"
+    return leadership
+
+
+def _publisher_health(state: ApiState, publisher: PublisherStats) -> dict[str, object]:
+    leading = state.roles.leads("publisher")
+    lag_events, lag_seconds = publisher_lag(publisher, state.feed.head)
+    return {
+        "nats_connected": publisher.connected,
+        "last_id": publisher.last_id if leading else None,
+        "lag_events": lag_events if leading else None,
+        "lag_seconds": round(lag_seconds, 3) if leading else None,
+        "published": publisher.published,
+        "errors": publisher.errors,
+        "skipped": publisher.skipped,
+        "last_error": publisher.last_error,
+    }
 
 
 async def _status(state: ApiState) -> dict[str, object]:
@@ -243,7 +278,8 @@ def create_app(state: ApiState) -> QuartTrio:
 
     @app.route("/metrics")
     async def metrics() -> Response:
-        text = render_metrics(state.stats, state.responses, state.delivery, state.feed.head)
+        text = render_metrics(state.stats, state.responses, state.delivery, state.feed.head,
+                              state.roles, state.publisher)
         return Response(text, content_type="text/plain; version=0.0.4")
 
     @app.route("/openapi.json")

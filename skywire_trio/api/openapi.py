@@ -166,7 +166,30 @@ _HEALTH = _object({
                                  "commit, across ingest restarts (null: none wait)"),
     "last_error": _nullable("string", "why ingest last stopped"),
     "seconds_since_error": _nullable("number", "seconds since ingest last stopped"),
+    "role": {"type": "string", "enum": ["all", "ingest", "api", "publisher"],
+             "description": "what this instance was started to run (`SKYWIRE_ROLE`)"},
+    "leadership": {"type": "object", "description": "each singleton role this instance runs "
+                   "(ingest, publisher, delivery): whether it leads it or stands by",
+                   "additionalProperties": {"type": "string", "enum": ["leader", "standby"]}},
+    "leader_since": {"type": "object", "description": "when this instance became the leader "
+                     "of each role it leads", "additionalProperties": {
+                         "type": "string", "format": "date-time"}},
+    "publisher": _object({
+        "nats_connected": {"type": "boolean"},
+        "last_id": _nullable("integer", "last log id JetStream acknowledged (null on a "
+                             "standby)"),
+        "lag_events": _nullable("integer", "log head minus last_id (null on a standby)"),
+        "lag_seconds": _nullable("number", "seconds since the last published event was "
+                                 "committed, while behind; 0 when caught up"),
+        "published": {"type": "integer", "description": "messages acknowledged since start"},
+        "errors": {"type": "integer", "description": "publisher failures since start"},
+        "skipped": {"type": "integer", "description": "events retention dropped before they "
+                    "were published"},
+        "last_error": _nullable("string", "the latest failure, with its UTC time"),
+    }),
 })
+# Only when NATS fan-out is on in this instance.
+_HEALTH["required"].remove("publisher")
 
 _TASK_HEALTH = _object({
     "state": {"type": "string", "enum": ["starting", "running", "backing_off"]},

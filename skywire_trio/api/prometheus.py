@@ -7,7 +7,14 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ..stats import LATENCY_BUCKETS, DeliveryStats, IngestStats, SubscriptionStats
+from ..stats import (
+    LATENCY_BUCKETS,
+    DeliveryStats,
+    IngestStats,
+    PublisherStats,
+    Roles,
+    SubscriptionStats,
+)
 
 
 def _line(name: str, value: float, labels: str = "") -> str:
@@ -100,8 +107,53 @@ def _delivery_series(delivery: DeliveryStats, head: int
           "Commit of a batch's first event -> 2xx.", latency)]
 
 
+def _role_series(roles: Roles | None, publisher: PublisherStats | None, head: int
+                 ) -> list[tuple[str, str, str, list[tuple[str, float]]]]:
+    """Leadership per role, and the NATS publisher's (when fan-out is on)."""
+    series: list[tuple[str, str, str, list[tuple[str, float]]]] = [
+        ("skywire_leader", "gauge",
+         "1 for each singleton role this instance leads, 0 while it stands by.",
+         [(f'role="{role}"', int(state == "leader"))
+          for role, state in sorted((roles.states if roles else {}).items())]),
+    ]
+    if publisher is None:
+        return series
+    leading = roles is not None and roles.leads("publisher")
+    lag_events, lag_seconds = publisher_lag(publisher, head) if leading else (0, 0.0)
+    return series + [
+        ("skywire_nats_connected", "gauge", "1 while the publisher's NATS connection is open.",
+         [("", int(publisher.connected))]),
+        ("skywire_published_total", "counter", "Messages JetStream acknowledged.",
+         [("", publisher.published)]),
+        ("skywire_publish_duplicates_total", "counter",
+         "Acknowledged as already in the stream.", [("", publisher.duplicates)]),
+        ("skywire_publish_errors_total", "counter",
+         "Publisher failures (connection, refusal, ack timeout).", [("", publisher.errors)]),
+        ("skywire_publish_skipped_total", "counter",
+         "Events dropped by retention before they were published.",
+         [("", publisher.skipped)]),
+        ("skywire_publisher_last_id", "gauge", "Last log id acknowledged by JetStream.",
+         [("", publisher.last_id)]),
+        ("skywire_publisher_lag_events", "gauge", "Log head minus the publisher's last id.",
+         [("", lag_events)]),
+        ("skywire_publisher_lag_seconds", "gauge",
+         "Seconds since the last published event was committed, while behind.",
+         [("", round(lag_seconds, 3))]),
+    ]
+
+
+def publisher_lag(publisher: PublisherStats, head: int) -> tuple[int, float]:
+    """The publisher's lag behind the log's head: events, and seconds since the last
+    published event was committed (0 when caught up)."""
+    events = max(0, head - publisher.last_id)
+    if not events or publisher.last_time_us is None:
+        return events, 0.0
+    return events, max(0.0, time.time() - publisher.last_time_us / 1e6)
+
+
 def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]],
-                   delivery: DeliveryStats | None = None, head: int = 0) -> str:
+                   delivery: DeliveryStats | None = None, head: int = 0,
+                   roles: Roles | None = None, publisher: PublisherStats | None = None) -> str:
     """Every metric, with HELP and TYPE lines."""
     lag = ((datetime.now(UTC) - stats.last_event_time).total_seconds()
            if stats.last_event_time else 0.0)
@@ -160,6 +212,7 @@ def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]],
          [(f'route="{route}",status="{status}"', n)
           for (route, status), n in sorted(responses.items())]),
     ]
+    series += _role_series(roles, publisher, head)
     if delivery is not None:
         series += _delivery_series(delivery, head)
     lines = []

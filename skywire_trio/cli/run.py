@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import trio
 
@@ -17,8 +18,11 @@ log = logging.getLogger("skywire_trio")
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``run`` and ``migrate``."""
-    commands.add_parser("run", help="migrate, then run the service (the default)"
-                        ).set_defaults(handler=_run, needs=None)
+    run = commands.add_parser("run", help="migrate, then run the service (the default)")
+    run.add_argument("--role", choices=config.ROLES, default=None,
+                     help="what this instance runs (default: SKYWIRE_ROLE, else all); "
+                          "docs/deployment.md")
+    run.set_defaults(handler=_run, needs=None)
     commands.add_parser("migrate", help="create the database if needed and migrate to head"
                         ).set_defaults(handler=_migrate, needs=config.DATABASE)
 
@@ -33,6 +37,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from ..log.partman import PartmanError
     from ..service import run_until_signal
 
+    if getattr(args, "role", None):
+        try:
+            settings = config.with_role(settings, args.role)
+        except config.ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
     with database(settings) as settings:
         refused: list[BaseException] = []
         try:

@@ -1,4 +1,5 @@
-"""Leadership of a singleton role (webhook delivery, ...) through a session advisory lock.
+"""Leadership of a singleton role (ingest, publisher, webhook delivery) through a session
+advisory lock.
 
 The lock is held on a dedicated connection and waited for *blocking*
 (``pg_advisory_lock``), so a standby takes over the moment the leader's connection dies.
@@ -14,7 +15,10 @@ import triopg
 
 from .faults import UNAVAILABLE
 
-# One key per role (the writer's is writer.WRITER_LOCK).
+# One key per role. Ingest's is not one of the writer's own locks (writer.WRITER_LOCKS),
+# which the leader's writer connections take as well.
+INGEST_LOCK = 0x736B7969  # "skyi"
+PUBLISHER_LOCK = 0x736B7970  # "skyp"
 DELIVERY_LOCK = 0x736B7764  # "skwd"
 # How often the holder checks that its lock connection is still alive.
 CHECK_SECONDS = 2.0

@@ -92,7 +92,7 @@ def event_query(f: EventFilter) -> tuple[str, list[object]]:
 # The columns of a LogEvent, in its field order.
 _LOG_EVENT = (f"id, event_type, collection, repo, action, "
               f"(extract(epoch FROM indexed_at) * 1000000)::bigint, "
-              f"convert_to({EVENT_JSON}, 'UTF8')")
+              f"convert_to({EVENT_JSON}, 'UTF8'), seq")
 _RANGE_QUERY = f"SELECT {_LOG_EVENT} FROM firehose_events WHERE id > $1 AND id <= $2 ORDER BY id"
 
 # The last id before the first event committed at or after $1: a binary search over ids
