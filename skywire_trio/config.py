@@ -180,7 +180,8 @@ def text(env: str, default: str, doc: str, *, pattern: str | None = None,
                                   mask=mask, common=common))
 
 
-def url_list(env: str, schemes: tuple[str, ...], doc: str) -> tuple[str, ...]:
+def url_list(env: str, schemes: tuple[str, ...], doc: str, *,
+             common: bool = False) -> tuple[str, ...]:
     """Zero or more URLs, comma-separated, each with one of ``schemes`` and a host."""
     def parse(raw: str) -> tuple[str, ...]:
         urls = tuple(u.strip() for u in raw.split(",") if u.strip())
@@ -196,7 +197,7 @@ def url_list(env: str, schemes: tuple[str, ...], doc: str) -> tuple[str, ...]:
                 + " URLs with a host, comma-separated")
     return _declare((), Spec(env, doc, parse, accepted, "unset (off)",
                              mask=lambda value: ",".join(mask_password(u) for u in value)
-                             or "(unset)"))
+                             or "(unset)", common=common))
 
 
 def _mask_salt(value: str) -> str:
@@ -358,7 +359,7 @@ class Settings:
     nats_urls: tuple[str, ...] = url_list(
         "SKYWIRE_NATS_URL", ("nats", "tls"),
         "NATS servers to publish the log to (JetStream); tried in turn, the next one after a "
-        "failure. Unset: no fan-out", )
+        "failure. Unset: no fan-out (docs/operations.md)", common=True)
     nats_subject_prefix: str = text(
         "SKYWIRE_NATS_SUBJECT_PREFIX", "atproto.firehose",
         "subjects are `<prefix>.<kind>` and `<prefix>.commit.<collection>`; the stream "

@@ -5,6 +5,7 @@ asyncio coroutines (nats-py); ``link.NatsLink`` runs them from trio.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from nats.js import JetStreamContext
@@ -13,6 +14,9 @@ from nats.js.errors import APIError, NotFoundError
 
 from ..config import Settings
 from .subjects import EVENT_ID
+
+# How long a new replicated stream may take to elect its leader before publishing starts.
+LEADER_WAIT = 10.0
 
 
 class StreamRefused(RuntimeError):
@@ -49,15 +53,24 @@ def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
 
 
 async def ensure_stream(js: JetStreamContext, settings: Settings) -> StreamInfo:
-    """Create the stream, or update it when its configuration differs from ``settings``."""
+    """Create the stream, or update it when its configuration differs from ``settings``;
+    a replicated stream is returned once it has a leader."""
     wanted = stream_config(settings)
     try:
         try:
             info = await js.stream_info(settings.nats_stream)
         except NotFoundError:
-            return await js.add_stream(wanted)
-        if _differs(info.config, wanted):
-            return await js.update_stream(wanted)
+            info = await js.add_stream(wanted)
+        else:
+            if _differs(info.config, wanted):
+                info = await js.update_stream(wanted)
+        # A new replicated stream answers publishes only once its replicas elected a
+        # leader: before that, messages get "no responders".
+        deadline = asyncio.get_running_loop().time() + LEADER_WAIT
+        while (settings.nats_replicas > 1 and not (info.cluster and info.cluster.leader)
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.05)
+            info = await js.stream_info(settings.nats_stream)
         return info
     except APIError as exc:
         if isinstance(exc, NotFoundError):
