@@ -252,7 +252,7 @@ class Consumers:
         while not self._stop.is_set():
             try:
                 batch = await sub.fetch(100, timeout=2)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own subclass, or asyncio's
                 continue
             now = time.time()
             for msg in batch:

@@ -143,7 +143,9 @@ async def test_a_bug_in_the_batcher_is_logged_counted_shown_and_not_looped(
         port = await nursery.start(serve_replay, frames, "127.0.0.1", 0, 0.0)
         settings = dataclasses.replace(settings, relay_url=f"ws://127.0.0.1:{port}")
         running = await nursery.start(serve, settings)
-        await wait_until(lambda: running.stats.tasks["ingest"].crashes >= 3, 30)
+        # The ingest task exists once this instance leads ingestion (leaders.py).
+        await wait_until(lambda: (task := running.stats.tasks.get("ingest")) is not None
+                         and task.crashes >= 3, 30)
         ingest = running.stats.tasks["ingest"]
         assert ingest.faults == 0 and ingest.state == "backing_off"
         errors = [r for r in caplog.records
