@@ -254,6 +254,8 @@ class Consumers:
                 batch = await sub.fetch(100, timeout=2)
             except TimeoutError:  # nats-py raises its own subclass, or asyncio's
                 continue
+            if not batch:
+                continue
             now = time.time()
             for msg in batch:
                 body = msg.data

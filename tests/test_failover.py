@@ -58,10 +58,11 @@ def _published_ids(url: str) -> list[int]:
 
 
 def test_standby_takes_over_within_a_second_of_the_leaders_sigkill(database, tmp_path):
-    frames = renumbered(relay_frames(), 4000)
+    frames = renumbered(relay_frames(), 5000)
     recording = tmp_path / "frames.bin"
     write_frames(recording, frames)
-    with nats_server(tmp_path) as nats, replay_process(recording, "--rate", "800") as relay:
+    # 10 s of upstream: the kill must land while the leader is still ingesting.
+    with nats_server(tmp_path) as nats, replay_process(recording, "--rate", "500") as relay:
         first = service_env(database, relay, tmp_path, SKYWIRE_NATS_URL=nats.url)
         second = service_env(database, relay, tmp_path, SKYWIRE_NATS_URL=nats.url,
                              SKYWIRE_STALL_SECONDS="1")
@@ -77,6 +78,7 @@ def test_standby_takes_over_within_a_second_of_the_leaders_sigkill(database, tmp
                 assert standby["leadership"] == {role: "standby" for role in LEADER}
                 assert wait_for(lambda: _published(nats.url) > 500, 30)
                 committed, published = _last_id(database), _published(nats.url)
+                assert query(database, "SELECT last_seq FROM firehose_cursor")[0][0] < 4500
                 killed_at = time.time()
                 leader.send_signal(signal.SIGKILL)
                 first_commit = first_publish = None
@@ -98,7 +100,7 @@ def test_standby_takes_over_within_a_second_of_the_leaders_sigkill(database, tmp
                 assert 0 < took["ingest"] < 1.0 and 0 < took["publisher"] < 1.0, took
                 assert first_commit is not None and first_publish is not None
                 assert wait_for(lambda: query(database, "SELECT last_seq FROM firehose_cursor")
-                                == [(4000,)], 60)
+                                == [(5000,)], 60)
                 rows = _last_id(database)
                 assert wait_stream_count(nats.url, rows, 30)
         finally:
