@@ -137,8 +137,9 @@ def _health_body(state: ApiState, database_ok: bool,
     healthy = database_ok and not stalled
     if not database_ok:
         status = "database_unavailable"
-    elif not stats.upstream_reached:
+    elif not stats.upstream_reached and state.roles.leads("ingest"):
         # No upstream reached since start: "connecting" (503 once past the stall bound).
+        # Only the ingest leader connects: a standby or an api instance is "ok".
         status = "connecting"
     else:
         status = "stalled" if stalled else "ok"
