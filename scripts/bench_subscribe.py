@@ -51,12 +51,14 @@ from skywire_trio.firehose.codec import decode_frame  # noqa: E402
 from skywire_trio.firehose.framefile import write_frames  # noqa: E402
 from tests import wsclient  # noqa: E402
 from tests.support import (  # noqa: E402
+    api_listening,
     child_processes,
     free_port,
     fresh_database,
     query,
     relay_frames,
     renumbered,
+    rss_kib,
     service_env,
     start_service,
     wait_for,
@@ -136,13 +138,6 @@ def _percentile(histogram: list[int], fraction: float) -> float:
     return BUCKETS * BUCKET_MS
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _metric(port: int, name: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     return float(next(line.split()[1] for line in text.splitlines()
@@ -190,12 +185,7 @@ def main() -> None:
         relay = None
         clients: list[subprocess.Popen] = []
         try:
-            def listening() -> bool:
-                try:
-                    return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1) is not None
-                except httpx.TransportError:
-                    return False
-            assert wait_for(listening, 60), "the service did not start"
+            assert wait_for(lambda: api_listening(port), 60), "the service did not start"
             targets = [("/subscribe?" + urlencode({"token": token}), "unfiltered")] \
                 * args.unfiltered
             targets += [("/subscribe?" + urlencode({"token": token, "wantedCollections":
@@ -224,7 +214,7 @@ def main() -> None:
             id0 = query(database, "SELECT last_id FROM firehose_cursor")[0][0]
             started, peak_rss = time.monotonic(), 0
             while time.monotonic() - started < args.seconds:
-                peak_rss = max(peak_rss, _rss_kib(service.pid))
+                peak_rss = max(peak_rss, rss_kib(service.pid))
                 time.sleep(0.5)
             elapsed = time.monotonic() - started
             cpu = {k: (sum(proc_cpu_seconds(p) for p in v) - cpu0[k]) / elapsed

@@ -198,6 +198,28 @@ def start_service(env: dict[str, str], log_path: Path) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT)
 
 
+def rss_kib(pid: int) -> int:
+    """The resident memory of process ``pid`` in KiB (0 once it is gone)."""
+    try:
+        for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def api_listening(port: int) -> bool:
+    """Whether the service's API answers on ``port`` (any status)."""
+    import httpx
+
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
+
+
 def wait_for(predicate: callable, timeout: float, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until true or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout

@@ -11,10 +11,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
 import trio
 
 from skywire_trio.api import subscribe
@@ -24,10 +22,12 @@ from skywire_trio.firehose.framefile import write_frames
 from . import wsclient
 from .support import (
     ROOT,
+    api_listening,
     free_port,
     query,
     relay_frames,
     renumbered,
+    rss_kib,
     service_env,
     service_process,
     wait_for,
@@ -41,21 +41,6 @@ COLLECTIONS = ["app.bsky.feed.like", "app.bsky.feed.post", "app.bsky.feed.repost
                "fm.teal.alpha.actor.status"]
 UNFILTERED = 10
 SINGLE = 90
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def _listening(port: int) -> bool:
-    try:
-        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-    except httpx.TransportError:
-        return False
-    return True
 
 
 def _expected(database: str, collection: str | None) -> list[int]:
@@ -93,7 +78,7 @@ async def test_many_subscribers_during_ingest_and_a_stalled_one(database, tmp_pa
                                 for m in messages]
 
     with service_process(env, tmp_path / "service.log") as service:
-        assert wait_for(lambda: _listening(port), 30)
+        assert wait_for(lambda: api_listening(port), 30)
         async with trio.open_nursery() as nursery:
             for index, collection in enumerate(filters):
                 subscriber = await wsclient.Subscriber.connect("127.0.0.1", port,
@@ -116,7 +101,7 @@ async def test_many_subscribers_during_ingest_and_a_stalled_one(database, tmp_pa
                 peak_rss = 0
                 while query(database, "SELECT last_id FROM firehose_cursor")[0][0] < total:
                     assert trio.current_time() - started < 60, "ingest did not finish"
-                    peak_rss = max(peak_rss, _rss_kib(service.pid))
+                    peak_rss = max(peak_rss, rss_kib(service.pid))
                     await trio.sleep(0.2)
                 ingest_seconds = trio.current_time() - started
             finally:

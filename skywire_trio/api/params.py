@@ -35,14 +35,16 @@ class EventsRequest:
     wait: float
 
 
-def _bad(message: str) -> ApiError:
+def bad_request(message: str) -> ApiError:
+    """A 400 ``bad_request`` saying what is wrong with the query."""
     return ApiError(400, "bad_request", message)
 
 
-def _single(args: Mapping[str, Sequence[str]], name: str) -> str | None:
+def single(args: Mapping[str, Sequence[str]], name: str) -> str | None:
+    """The value of a parameter that may be given at most once (None when absent)."""
     values = args.get(name) or []
     if len(values) > 1:
-        raise _bad(f"{name} may be given once")
+        raise bad_request(f"{name} may be given once")
     return values[0] if values else None
 
 
@@ -50,7 +52,7 @@ def _integer(raw: str | None, name: str, default: int, low: int, high: int) -> i
     if raw is None:
         return default
     if not re.fullmatch(r"[0-9]{1,19}", raw) or not low <= int(raw) <= high:
-        raise _bad(f"{name} must be an integer from {low} to {high}")
+        raise bad_request(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
 
@@ -62,7 +64,7 @@ def _wait(raw: str | None) -> float:
     except ValueError:
         value = math.nan
     if not 0 <= value <= MAX_WAIT:  # also false for NaN
-        raise _bad(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}")
+        raise bad_request(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}")
     return value
 
 
@@ -70,12 +72,12 @@ def _many(args: Mapping[str, Sequence[str]], name: str, valid: Callable[[str], b
           choices: tuple[str, ...] = ()) -> tuple[str, ...]:
     values = tuple(dict.fromkeys(args.get(name) or []))  # de-duplicated, in order
     if len(values) > MAX_VALUES:
-        raise _bad(f"at most {MAX_VALUES} {name} values")
+        raise bad_request(f"at most {MAX_VALUES} {name} values")
     for value in values:
         if choices and value not in choices:
-            raise _bad(f"{name} must be one of {', '.join(choices)}")
+            raise bad_request(f"{name} must be one of {', '.join(choices)}")
         if valid is not None and not valid(value):
-            raise _bad(f"{name} {value[:100]!r} is not valid")
+            raise bad_request(f"{name} {value[:100]!r} is not valid")
     return values
 
 
@@ -83,19 +85,20 @@ def parse_events(args: Mapping[str, Sequence[str]]) -> EventsRequest:
     """Validate the query string of /events (``args`` maps a name to all its values)."""
     unknown = sorted(set(args) - _KNOWN)
     if unknown:
-        raise _bad(f"unknown parameter {unknown[0][:100]!r}")
+        raise bad_request(f"unknown parameter {unknown[0][:100]!r}")
     collections = _many(args, "collection", None)
     bad = [c for c in collections if not valid_collection(c)]
     if bad:
-        raise _bad(f"collection {bad[0][:100]!r} is not an NSID or an NSID prefix ending in .*")
-    action = _single(args, "action")
+        raise bad_request(f"collection {bad[0][:100]!r} is not an NSID or an NSID prefix "
+                          "ending in .*")
+    action = single(args, "action")
     if action is not None and action not in ACTIONS:
-        raise _bad(f"action must be one of {', '.join(ACTIONS)}")
+        raise bad_request(f"action must be one of {', '.join(ACTIONS)}")
     event_filter = EventFilter(
-        since=_integer(_single(args, "since"), "since", 0, 0, MAX_ID),
-        limit=_integer(_single(args, "limit"), "limit", 100, 1, MAX_LIMIT),
+        since=_integer(single(args, "since"), "since", 0, 0, MAX_ID),
+        limit=_integer(single(args, "limit"), "limit", 100, 1, MAX_LIMIT),
         repos=_many(args, "repo", valid_did),
         event_types=_many(args, "event_type", None, EVENT_TYPES),
         action=action,
     )
-    return EventsRequest(event_filter, collections, _wait(_single(args, "wait")))
+    return EventsRequest(event_filter, collections, _wait(single(args, "wait")))

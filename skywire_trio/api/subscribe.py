@@ -39,7 +39,7 @@ from ..log.reader import ReadSession
 from ..types import COLLECTION_EXEMPT, EventFilter, LogEvent, Token
 from . import auth
 from .errors import DB_ERRORS, ApiError
-from .params import MAX_ID
+from .params import MAX_ID, bad_request, single
 from .ws_writer import MessageWriter
 
 if TYPE_CHECKING:
@@ -134,38 +134,27 @@ class Subscription:
     token: str | None
 
 
-def _bad(message: str) -> ApiError:
-    return ApiError(400, "bad_request", message)
-
-
-def _one(args: Mapping[str, Sequence[str]], name: str) -> str | None:
-    values = args.get(name) or []
-    if len(values) > 1:
-        raise _bad(f"{name} may be given once")
-    return values[0] if values else None
-
-
 def _integer(raw: str | None, name: str, high: int) -> int | None:
     if raw is None:
         return None
     if not re.fullmatch(r"[0-9]{1,19}", raw) or int(raw) > high:
-        raise _bad(f"{name} must be an integer from 0 to {high}")
+        raise bad_request(f"{name} must be an integer from 0 to {high}")
     return int(raw)
 
 
 def _boolean(raw: str | None, name: str) -> bool:
     if raw not in (None, "true", "false"):
-        raise _bad(f"{name} must be true or false")
+        raise bad_request(f"{name} must be true or false")
     return raw == "true"
 
 
 def _collections(values: Sequence[object]) -> tuple[str, ...]:
     collections = tuple(dict.fromkeys(values))
     if len(collections) > MAX_COLLECTIONS:
-        raise _bad(f"at most {MAX_COLLECTIONS} wantedCollections")
+        raise bad_request(f"at most {MAX_COLLECTIONS} wantedCollections")
     for value in collections:
         if not isinstance(value, str) or not valid_collection(value):
-            raise _bad(f"wantedCollections {str(value)[:100]!r} is not an NSID or an NSID "
+            raise bad_request(f"wantedCollections {str(value)[:100]!r} is not an NSID or an NSID "
                        "prefix ending in .*")
     return collections  # type: ignore[return-value]
 
@@ -173,10 +162,10 @@ def _collections(values: Sequence[object]) -> tuple[str, ...]:
 def _dids(values: Sequence[object]) -> tuple[str, ...]:
     dids = tuple(dict.fromkeys(values))
     if len(dids) > MAX_DIDS:
-        raise _bad(f"at most {MAX_DIDS} wantedDids")
+        raise bad_request(f"at most {MAX_DIDS} wantedDids")
     for value in dids:
         if not isinstance(value, str) or not valid_did(value):
-            raise _bad(f"wantedDids {str(value)[:100]!r} is not a DID")
+            raise bad_request(f"wantedDids {str(value)[:100]!r} is not a DID")
     return dids  # type: ignore[return-value]
 
 
@@ -184,29 +173,29 @@ def parse_subscription(args: Mapping[str, Sequence[str]]) -> Subscription:
     """Validate the query string of /subscribe (``args``: each name's values)."""
     unknown = sorted(set(args) - _KNOWN)
     if unknown:
-        raise _bad(f"unknown parameter {unknown[0][:100]!r}")
-    if _boolean(_one(args, "compress"), "compress"):
-        raise _bad("compress=true (zstd) is not supported: leave it out for JSON text")
+        raise bad_request(f"unknown parameter {unknown[0][:100]!r}")
+    if _boolean(single(args, "compress"), "compress"):
+        raise bad_request("compress=true (zstd) is not supported: leave it out for JSON text")
     kinds = tuple(dict.fromkeys(args.get("wantedKinds") or []))
     bad = [k for k in kinds if k not in KINDS]
     if bad:
-        raise _bad(f"wantedKinds must be among {', '.join(KINDS)}")
-    since = _integer(_one(args, "since"), "since", MAX_ID)
-    cursor = _integer(_one(args, "cursor"), "cursor", MAX_ID)
+        raise bad_request(f"wantedKinds must be among {', '.join(KINDS)}")
+    since = _integer(single(args, "since"), "since", MAX_ID)
+    cursor = _integer(single(args, "cursor"), "cursor", MAX_ID)
     if since is not None and cursor is not None:
-        raise _bad("give cursor (a time) or since (an id), not both")
+        raise bad_request("give cursor (a time) or since (an id), not both")
     if cursor is not None and cursor > _now_us():
         cursor = None  # a cursor in the future means live, as on Jetstream
     return Subscription(
         collections=_collections(args.get("wantedCollections") or []),
         dids=_dids(args.get("wantedDids") or []),
         kinds=kinds,
-        max_message_size=_integer(_one(args, "maxMessageSizeBytes"), "maxMessageSizeBytes",
+        max_message_size=_integer(single(args, "maxMessageSizeBytes"), "maxMessageSizeBytes",
                                   MAX_MESSAGE_SIZE) or 0,
         since=since,
         cursor_us=cursor,
-        require_hello=_boolean(_one(args, "requireHello"), "requireHello"),
-        token=_one(args, "token"),
+        require_hello=_boolean(single(args, "requireHello"), "requireHello"),
+        token=single(args, "token"),
     )
 
 
@@ -218,21 +207,21 @@ def parse_options_update(message: str) -> tuple[tuple[str, ...], tuple[str, ...]
     try:
         parsed = json.loads(message)
     except ValueError:
-        raise _bad("a client message must be JSON") from None
+        raise bad_request("a client message must be JSON") from None
     if not isinstance(parsed, dict):
-        raise _bad("a client message must be a JSON object with a type")
+        raise bad_request("a client message must be a JSON object with a type")
     if parsed.get("type") != "options_update":
         return None
     payload = parsed.get("payload")
     if not isinstance(payload, dict):
-        raise _bad("options_update needs a payload object")
+        raise bad_request("options_update needs a payload object")
     collections = payload.get("wantedCollections") or []
     dids = payload.get("wantedDids") or []
     size = payload.get("maxMessageSizeBytes") or 0
     if not isinstance(collections, list) or not isinstance(dids, list):
-        raise _bad("wantedCollections and wantedDids must be lists")
+        raise bad_request("wantedCollections and wantedDids must be lists")
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_MESSAGE_SIZE:
-        raise _bad(f"maxMessageSizeBytes must be an integer from 0 to {MAX_MESSAGE_SIZE}")
+        raise bad_request(f"maxMessageSizeBytes must be an integer from 0 to {MAX_MESSAGE_SIZE}")
     return _collections(collections), _dids(dids), size
 
 
