@@ -144,14 +144,17 @@ def _metric(port: int, name: str) -> float:
                       if line.startswith(name + " ")))
 
 
-def _postgres_cpu() -> float:
+def _postgres_cpu(database: str) -> float:
+    """CPU seconds of the PostgreSQL backends serving the benchmark's database."""
+    name = database.rsplit("/", 1)[1]
     total = 0.0
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if (proc / "comm").read_text().strip() in ("postgres", "postmaster"):
-                total += proc_cpu_seconds(int(proc.name))
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
+        if cmdline.startswith("postgres:") and f" {name} " in cmdline:
+            total += proc_cpu_seconds(int(proc.name))
     return total
 
 
@@ -209,7 +212,7 @@ def main() -> None:
             pids = {"service": [service.pid], "receiver": child_processes(service.pid),
                     "clients": [c.pid for c in clients]}
             cpu0 = {k: sum(proc_cpu_seconds(p) for p in v) for k, v in pids.items()}
-            pg0, busy0 = _postgres_cpu(), machine_busy_seconds()
+            pg0, busy0 = _postgres_cpu(database), machine_busy_seconds()
             sent0 = _metric(port, "skywire_subscribe_messages_total")
             id0 = query(database, "SELECT last_id FROM firehose_cursor")[0][0]
             started, peak_rss = time.monotonic(), 0
@@ -219,7 +222,7 @@ def main() -> None:
             elapsed = time.monotonic() - started
             cpu = {k: (sum(proc_cpu_seconds(p) for p in v) - cpu0[k]) / elapsed
                    for k, v in pids.items()}
-            pg = (_postgres_cpu() - pg0) / elapsed
+            pg = (_postgres_cpu(database) - pg0) / elapsed
             busy = (machine_busy_seconds() - busy0) / elapsed
             sent = (_metric(port, "skywire_subscribe_messages_total") - sent0) / elapsed
             ingest = (query(database, "SELECT last_id FROM firehose_cursor")[0][0] - id0) \
@@ -245,7 +248,8 @@ def main() -> None:
         print(f"{group:>10}: {received:,.0f} msgs/s received; commit->receipt p50 {p50:.0f} ms,"
               f" p99 {p99:.0f} ms, max {top:.0f} ms{note}")
     print(f"service sent {sent:,.0f} msgs/s; service CPU {cpu['service']:.2f} cores, receiver "
-          f"{cpu['receiver']:.2f}, clients {cpu['clients']:.2f}, PostgreSQL {pg:.2f}, machine "
+          f"{cpu['receiver']:.2f}, clients {cpu['clients']:.2f}, PostgreSQL (its backends) "
+          f"{pg:.2f}, machine "
           f"{busy:.2f} of {2} cores; service peak RSS {peak_rss / 1024:.0f} MiB")
     order_errors = sum(r["order_errors"] for r in results)
     closed = [c for r in results for c in r["closed"]]
