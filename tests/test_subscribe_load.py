@@ -13,6 +13,7 @@ import sys
 import time
 from urllib.parse import urlencode
 
+import httpx
 import trio
 
 from skywire_trio.api import subscribe
@@ -41,6 +42,12 @@ COLLECTIONS = ["app.bsky.feed.like", "app.bsky.feed.post", "app.bsky.feed.repost
                "fm.teal.alpha.actor.status"]
 UNFILTERED = 10
 SINGLE = 90
+
+
+def _too_slow(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return float(next(line.split()[1] for line in text.splitlines()
+                      if line.startswith("skywire_subscribe_too_slow_total ")))
 
 
 def _expected(database: str, collection: str | None) -> list[int]:
@@ -114,8 +121,12 @@ async def test_many_subscribers_during_ingest_and_a_stalled_one(database, tmp_pa
                             received[index][-1][0] < expected[collection][-1]:
                         await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
-        # The stalled subscriber was closed; reading now, it gets what was in its socket,
-        # in order, then the close frame.
+        # The stalled subscriber is closed once a write to it has waited 5 s (reading it
+        # before that would unblock it); reading then, it gets what was in its socket, in
+        # order, then the close frame.
+        with trio.fail_after(20):
+            while _too_slow(port) < 1:
+                await trio.sleep(0.2)
         buffered = []
         with trio.fail_after(10):
             while messages := await stalled.receive():
