@@ -283,6 +283,7 @@ def live(args: argparse.Namespace, tmp: Path) -> dict:
     write_frames(recording, renumbered(relay_frames(), frames))
     server = NatsServer(tmp / "live-nats", "live")
     server.start()
+    nats_pid = server.proc.pid
     log = tmp / "live-service.log"
     filters = _consumers(args.consumers)
     consumers = Consumers(server.url, filters)
@@ -293,7 +294,7 @@ def live(args: argparse.Namespace, tmp: Path) -> dict:
             env = service_env(database, relay, tmp, SKYWIRE_NATS_URL=server.url)
             proc = start_service(env, log)
             try:
-                with Sampler(proc.pid, server.proc.pid) as sampler:
+                with Sampler(proc.pid, nats_pid) as sampler:
                     assert wait_for(lambda: query(database, "SELECT last_seq FROM "
                                                   "firehose_cursor") == [(frames,)],
                                     args.seconds * 4 + 60), log.read_text()[-2000:]
@@ -321,7 +322,7 @@ def live(args: argparse.Namespace, tmp: Path) -> dict:
         "p99": round(_percentile(latencies, 0.99), 3),
         "max": round(max(latencies), 3),
         "service_peak_rss_mb": sampler.mb(proc.pid),
-        "nats_peak_rss_mb": sampler.mb(server.proc.pid),
+        "nats_peak_rss_mb": sampler.mb(nats_pid),
     }
 
 
