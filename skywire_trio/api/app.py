@@ -51,7 +51,8 @@ class ApiState:
     responses: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
     touched: dict[str, float] = dataclasses.field(default_factory=dict)
     status: StatusSources | None = None  # the status page's sources (None: no page)
-    subscribe_limits: subscribe.Limits = dataclasses.field(default_factory=subscribe.Limits)
+    subscribe_limits: subscribe.Limits = dataclasses.field(
+        default_factory=subscribe.Limits.from_settings)
     roles: Roles = dataclasses.field(default_factory=Roles)
     publisher: PublisherStats | None = None  # None: fan-out is off in this instance
 

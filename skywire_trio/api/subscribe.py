@@ -13,7 +13,7 @@ off from the feed and goes back to reading pages from the log; one that, after i
 live, is sending events committed more than ``max_lag`` seconds ago, or whose client reads
 nothing for ``stall_seconds``, is closed with 4408 ``consumer_too_slow``. Errors before the upgrade
 are HTTP answers like ``/events``' (400, 401, 403, 429, 503); after it, close codes
-(``CLOSE_CODES`` and docs/consumers.md).
+(the constants below; the table in docs/consumers.md).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import trio
 from quart import websocket
 from quart_trio import QuartTrio
 
+from ..config import Settings
 from ..identifiers import EVENT_TYPES, split_collections, valid_collection, valid_did
 from ..log.notify import CommitBatch
 from ..log.reader import ReadSession
@@ -43,7 +44,6 @@ from .params import MAX_ID, bad_request, single
 from .ws_writer import MessageWriter
 
 if TYPE_CHECKING:
-    from ..config import Settings
     from .app import ApiState
 
 log = logging.getLogger(__name__)
@@ -78,35 +78,27 @@ TOO_SLOW = 4408
 RATE_LIMITED = 4429
 UNAVAILABLE = 4503
 MESSAGE_TOO_BIG = 1009
-CLOSE_CODES = {
-    BAD_REQUEST: "bad_request: an options_update that is not valid JSON or not valid options",
-    UNAUTHORIZED: "revoked_token: the token was revoked while connected",
-    FORBIDDEN: "out_of_scope: an options_update outside the token's scope",
-    TOO_SLOW: "consumer_too_slow: fell too far behind the head, or read nothing for too long",
-    RATE_LIMITED: "rate_limited: options_update messages beyond the token's rate",
-    UNAVAILABLE: "database_unavailable: the log could not be read; reconnect with a cursor",
-    MESSAGE_TOO_BIG: "message_too_big: a client message over 1 MiB",
-}
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """The per-service bounds of /subscribe (see ``Settings``)."""
+    """The per-service bounds of /subscribe (``Settings.subscribe_*`` says what each is)."""
 
-    max_connections: int = 2000
+    max_connections: int
     # Once live, a subscriber is closed when the event it is sending was committed more
     # than this many seconds ago (it reads, but slower than the log grows) ...
-    max_lag: float = 120.0
-    # ... or when one message has waited this long for a client that reads nothing.
-    stall_seconds: float = 30.0
+    max_lag: float
+    # ... or when one write has waited this long for a client that reads nothing.
+    stall_seconds: float
     # Committed batches a live subscriber may have waiting: its buffer (a batch is what
     # one commit wrote, ~50 events at 500 events/s). Past it: back to reading pages.
-    buffer_batches: int = 64
-    token_recheck: float = 60.0  # seconds between checks that the token was not revoked
+    buffer_batches: int
+    token_recheck: float  # seconds between checks that the token was not revoked
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        """The limits configured for the service."""
+    def from_settings(cls, settings: Settings | None = None) -> Limits:
+        """The limits configured for the service (the defaults without ``settings``)."""
+        settings = settings or Settings()
         return cls(settings.subscribe_max_connections, settings.subscribe_max_lag,
                    settings.subscribe_stall_seconds, settings.subscribe_buffer,
                    settings.subscribe_token_recheck)
@@ -563,5 +555,5 @@ def register(app: QuartTrio, state: ApiState, authenticate: Authenticate) -> Non
     del subscribe
 
 
-__all__ = ["CLOSE_CODES", "JETSTREAM_KINDS", "Limits", "parse_options_update",
+__all__ = ["JETSTREAM_KINDS", "Limits", "parse_options_update",
            "parse_subscription", "register"]
