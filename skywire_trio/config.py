@@ -254,6 +254,19 @@ class Settings:
         "SKYWIRE_SUBSCRIBE_TOKEN_RECHECK", 60.0, 0.1, 86400.0,
         "how often an open `/subscribe` connection checks that its token was not revoked "
         "(4401 when it was)")
+    max_connections: int = integer(
+        "SKYWIRE_MAX_CONNECTIONS", 4000, 1, 1_000_000,
+        "open HTTP connections at once, `/subscribe` websockets and long-polls included; at "
+        "the cap a new one displaces the longest-idle one, and when all are busy it gets a "
+        "503. Lowered to fit the open-file limit")
+    keep_alive_timeout: float = seconds(
+        "SKYWIRE_KEEP_ALIVE_TIMEOUT", 75.0, 0.1, 3600.0,
+        "an idle keep-alive connection is closed after this long (longer than common "
+        "clients' own idle timeouts, so that the client usually closes first)")
+    shutdown_grace: float = seconds(
+        "SKYWIRE_SHUTDOWN_GRACE", 10.0, 0.0, 3600.0,
+        "on SIGTERM, how long requests in flight and the last batch may take before the "
+        "rest is cancelled")
     relay_url: str = url(
         "SKYWIRE_RELAY_URL", DEFAULT_RELAY_URL, ("ws", "wss"),
         "upstream; the subscribeRepos path is added when the URL has none", common=True)

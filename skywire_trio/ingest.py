@@ -11,6 +11,9 @@ place: the nursery is torn down and a new one starts from the cursor committed i
 That one path is what makes crash-and-replay trustworthy, so there is no other. What is
 *reported* differs (supervise.py): the faults named in ``TRANSIENT`` are a warning line; a
 bug is logged with its traceback, counted as a crash and restarted after a longer backoff.
+
+On shutdown the reader stops taking frames, the batcher commits what it holds, and the
+supervisor stops (at once if it is between runs).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .firehose.codec import Frame
 from .firehose.reader import BufferOverflow, UpstreamError, read_upstream
 from .log import writer
 from .log.batcher import run_batcher, utc_now
+from .shutdown import Shutdown
 from .stats import IngestStats
 from .supervise import TRANSIENT, supervise
 
@@ -41,13 +45,16 @@ INGEST_TRANSIENT = TRANSIENT + (UpstreamError, BufferOverflow, writer.WriterActi
 
 
 async def run_ingest_once(settings: Settings, stores: Sequence[writer.LogStore],
-                          stats: IngestStats, clock: Callable[[], datetime] = utc_now) -> None:
+                          stats: IngestStats, clock: Callable[[], datetime] = utc_now,
+                          shutdown: Shutdown | None = None) -> None:
     """One ingest nursery: resume after the committed cursor until something fails.
 
     Runs only while this instance holds the ingest lock (``leaders.py``). ``stores``: the
     writer's connections, each holding its own writer lock as well, and the cursor's
-    ``last_id`` check stops a second writer all the same.
+    ``last_id`` check stops a second writer all the same. When ``shutdown`` begins, the
+    reader stops and the batcher commits what it holds.
     """
+    shutdown = shutdown or Shutdown()
     for role, store in enumerate(stores):
         await store.lock_writer(role)
     cursor = await stores[0].claim_cursor(settings.subscribe_url, settings.reset_cursor)
@@ -59,7 +66,8 @@ async def run_ingest_once(settings: Settings, stores: Sequence[writer.LogStore],
         nursery.start_soon(run_batcher, receive, stores, cursor, settings, stats, clock)
         async with send:
             try:
-                await read_upstream(settings, cursor.last_seq, send, stats)
+                with shutdown.intake():
+                    await read_upstream(settings, cursor.last_seq, send, stats)
             except UpstreamError as exc:
                 # Not fatal to what is buffered: closing `send` lets the batcher commit
                 # it before the nursery exits.
@@ -71,31 +79,51 @@ async def run_ingest_once(settings: Settings, stores: Sequence[writer.LogStore],
 async def supervise_ingest(settings: Settings, stats: IngestStats,
                            open_store: OpenStore = writer.connect,
                            clock: Callable[[], datetime] = utc_now,
+                           shutdown: Shutdown | None = None,
                            *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
-    """Run ingestion forever, restarting it from the committed cursor after any failure.
+    """Run ingestion, restarting it from the committed cursor after any failure.
 
+    Runs until cancelled, or until ``shutdown`` begins and the last batch is committed.
     ``CursorMismatch`` (configuration, not a fault) stops the service with its message.
     """
+    shutdown = shutdown or Shutdown()
     runs = 0
+    running = False
+    supervising = trio.CancelScope()
     # A standby that just became the leader has been "disconnected" only from now on.
     stats.disconnected_since = trio.current_time()
 
     async def ingest_once(ready: Callable[[], None]) -> None:
-        nonlocal runs
+        nonlocal runs, running
         ready()  # the service does not wait for the upstream
         if runs:
             stats.reconnects += 1
         runs += 1
+        running = True
         try:
             async with open_store(settings.database_url) as store, \
                     open_store(settings.database_url) as pipelined:
-                await run_ingest_once(settings, (store, pipelined), stats, clock)
+                await run_ingest_once(settings, (store, pipelined), stats, clock, shutdown)
         except Exception as exc:  # counted here, reported and retried by supervise
             stats.ingest_failed(describe(exc), trio.current_time())
             if isinstance(exc, UpstreamError):
                 stats.upstream_errors += 1
             raise
+        finally:
+            running = False
+        if shutdown.begun:  # the reader stopped and the last batch is committed
+            supervising.cancel()
+            await trio.lowlevel.checkpoint()
 
-    await supervise("ingest", ingest_once, settings, stats.tasks, transient=INGEST_TRANSIENT,
-                    fatal=(writer.CursorMismatch,), task_status=task_status)
+    async def stop_between_runs() -> None:
+        await shutdown.wait()
+        if not running:  # backing off: nothing in flight
+            supervising.cancel()
+
+    with supervising:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_between_runs)
+            await supervise("ingest", ingest_once, settings, stats.tasks,
+                            transient=INGEST_TRANSIENT, fatal=(writer.CursorMismatch,),
+                            task_status=task_status)

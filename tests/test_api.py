@@ -276,3 +276,104 @@ async def test_health_metrics_openapi(api):
         assert spec["openapi"].startswith("3.") and "/events" in spec["paths"]
         missing = await client.get("/nope")
         assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+async def _commit(database: str, rows: list, after_id: int) -> int:
+    """Commit ``rows`` through the real writer (COPY + cursor + NOTIFY); the new last id."""
+    async with trio_asyncio.open_loop(), writer.connect(database) as store:
+        return await store.append(rows, None, after_id, utc_now())
+
+
+def _row(collection: str) -> object:
+    row = next(r for f in relay_frames() for r in decode_frame(f).rows
+               if r.collection == collection)
+    return row
+
+
+def _metric(text: str, name: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_long_polls_are_woken_only_by_a_commit_that_can_match(api):
+    last_id = query(api.database, "SELECT last_id FROM firehose_cursor")[0][0]
+    results: dict[str, list[int]] = {}
+
+    async def poll(client: httpx.AsyncClient, name: str, collection: str) -> None:
+        response = await client.get("/events", params={"since": last_id, "wait": 20,
+                                                        "collection": collection})
+        results[name] = [e["id"] for e in response.json()["events"]]
+
+    async with api.client() as client, trio.open_nursery() as nursery:
+        for n in range(20):
+            nursery.start_soon(poll, client, f"never{n}", "app.bsky.graph.block")
+        nursery.start_soon(poll, client, "likes", "app.bsky.feed.like")
+        with trio.fail_after(10):
+            while _metric((await client.get("/metrics")).text,
+                          "skywire_long_polls_waiting") < 21:
+                await trio.sleep(0.1)
+        metrics = (await client.get("/metrics")).text
+        woken_before = _metric(metrics, "skywire_long_poll_wakeups_total")
+        # A post matches nobody: nobody is woken (nobody reads the log again).
+        after_post = await _commit(api.database, [_row("app.bsky.feed.post")], last_id)
+        await trio.sleep(0.5)
+        metrics = (await client.get("/metrics")).text
+        assert _metric(metrics, "skywire_long_poll_wakeups_total") == woken_before
+        assert results == {}
+        # A like wakes exactly the long-poll that asked for likes.
+        await _commit(api.database, [_row("app.bsky.feed.like")], after_post)
+        await wait_until(lambda: "likes" in results, 5)
+        assert results["likes"] == [after_post + 1]
+        metrics = (await client.get("/metrics")).text
+        assert _metric(metrics, "skywire_long_poll_wakeups_total") == woken_before + 1
+        nursery.cancel_scope.cancel()
+    async with api.client() as client:
+        with trio.fail_after(5):  # the cancelled requests end; nothing stays registered
+            while _metric((await client.get("/metrics")).text,
+                          "skywire_long_polls_waiting") > 0:
+                await trio.sleep(0.1)
+
+
+async def test_a_long_poll_whose_token_is_revoked_gets_no_events(api):
+    token = _make_token(api.database, "revoked-while-waiting")
+    last_id = query(api.database, "SELECT last_id FROM firehose_cursor")[0][0]
+    async with httpx.AsyncClient(base_url=api.url, timeout=30,
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
+        result: dict[str, httpx.Response] = {}
+
+        async def poll() -> None:
+            result["response"] = await client.get("/events",
+                                                  params={"since": last_id, "wait": 20})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await trio.sleep(0.5)
+            assert token_store.revoke_token(api.database, "revoked-while-waiting")
+            await _commit(api.database, [_row("app.bsky.feed.like")], last_id)
+        response = result["response"]
+        assert response.status_code == 401 and response.json()["error"] == "revoked_token"
+        assert b"app.bsky.feed.like" not in response.content
+
+
+async def test_failed_authentications_are_limited_per_address(api):
+    bad = {"Authorization": "Bearer swt_" + "B" * 43}
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        responses = []
+        started = trio.current_time()
+        for n in range(40):  # malformed and missing tokens count too
+            responses.append(await client.get("/events", headers=bad if n % 3 else {}))
+        elapsed = trio.current_time() - started
+        statuses = [r.status_code for r in responses]
+        burst = auth.AUTH_FAILURE_BURST
+        assert statuses[:burst] == [401] * burst and 429 in statuses
+        # Past the burst, at most the refill rate reaches the database; the rest is refused.
+        assert statuses.count(401) <= burst + auth.AUTH_FAILURE_RATE * elapsed + 1
+        limited = responses[statuses.index(429)]
+        assert limited.json()["error"] == "too_many_failures"
+        retry = int(limited.headers["Retry-After"])
+        assert 1 <= retry <= 5
+        await trio.sleep(retry + 0.5)
+        again = await client.get("/events", headers=bad)
+        assert again.status_code == 401 and again.json()["error"] == "unknown_token"
+        # Health needs no token and is never limited.
+        assert (await client.get("/health")).status_code == 200

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from skywire_trio.api.http_server import ConnectionCounts
+from skywire_trio.api.longpoll import LongPolls
 from skywire_trio.api.prometheus import render_metrics
 from skywire_trio.stats import IngestStats
 
@@ -61,10 +63,31 @@ def test_grafana_dashboard_charts_the_metrics_the_service_exports():
     dashboard = json.loads((DEPLOY / "grafana" / "skywire-trio.json").read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     used = set(re.findall(r"skywire_[a-z_]+", exprs))
-    text = render_metrics(IngestStats(), Counter())
+    text = render_metrics(IngestStats(), Counter(), connections=ConnectionCounts(1000),
+                          polls=LongPolls(None))
     exported = set(re.findall(r"^# TYPE (skywire_[a-z_]+)", text, re.M))
     assert used <= exported, used - exported
     for needed in ("skywire_events_committed_total", "skywire_lag_seconds",
                    "skywire_batch_seconds_total", "skywire_buffered_frames",
                    "skywire_reconnects_total", "skywire_api_responses_total"):
         assert needed in used
+
+
+def test_deploy_files_give_the_connection_cap_its_descriptors_and_the_grace_its_time():
+    """LimitNOFILE / nofile cover the default cap plus what the service keeps for itself,
+    and SIGKILL comes later than the shutdown grace."""
+    from skywire_trio.api.http_server import MAX_REFUSING
+    from skywire_trio.api.server import RESERVED_DESCRIPTORS
+    from skywire_trio.config import Settings
+
+    defaults = Settings()
+    needed = (defaults.max_connections + RESERVED_DESCRIPTORS + defaults.api_pool_size
+              + MAX_REFUSING)
+    unit = (DEPLOY / "systemd" / "skywire-trio.service").read_text()
+    assert int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M)[1]) >= needed
+    assert int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.M)[1]) > defaults.shutdown_grace
+    # The service's block is the last one in the file (no YAML parser among the deps).
+    service = (DEPLOY / "compose.yaml").read_text().split("\n  skywire:\n", 1)[1]
+    assert int(re.search(r"^ +soft: (\d+)$", service, re.M)[1]) >= needed
+    assert int(re.search(r"^ +stop_grace_period: (\d+)s$", service, re.M)[1]) > (
+        defaults.shutdown_grace)

@@ -1,7 +1,8 @@
 """The quart-trio application: routes, authentication, errors as JSON.
 
-``create_app`` takes everything it needs as arguments (read store, stats, the commit
-signal, the token salt); there is no global state.
+``create_app`` takes everything it needs as arguments (read store, stats, the commit feed
+and the waiting long-polls, the database's health, the token salt); there is no global
+state.
 """
 
 from __future__ import annotations
@@ -9,20 +10,25 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
+from contextlib import nullcontext
 from datetime import UTC, date, datetime
 from functools import partial
 
 import trio
-from quart import Response, request
+from quart import Response, has_request_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..log.notify import CommitFeed
 from ..log.reader import ReadSession, ReadStore
+from ..shutdown import Shutdown
 from ..stats import DeliveryStats, IngestStats, PublisherStats, Roles
-from ..types import Archive, Partition, PartitionPolicy, PartitionStatus, Token
+from ..types import Archive, Partition, PartitionPolicy, Token
 from . import auth, params, subscribe
-from .errors import DB_ERRORS, ApiError
+from .errors import ApiError, database_error, database_fault
+from .health import PROBE_INTERVAL, PROBE_TIMEOUT, DatabaseHealth
+from .http_server import ConnectionCounts
+from .longpoll import LongPolls
 from .openapi import OPENAPI
 from .prometheus import publisher_lag, render_metrics
 from .status_page import PARTITIONS_TTL, StatusSources, register_static, render_page, status_body
@@ -47,7 +53,13 @@ class ApiState:
     stall_seconds: float = 60.0  # disconnected, or buffered work without a commit, this long
     delivery: DeliveryStats = dataclasses.field(default_factory=DeliveryStats)
     partition_policy: PartitionPolicy = PartitionPolicy()
+    polls: LongPolls = dataclasses.field(init=False)  # waiting long-polls, on ``feed``
+    database: DatabaseHealth = dataclasses.field(default_factory=DatabaseHealth)
+    shutdown: Shutdown = dataclasses.field(default_factory=Shutdown)
+    connections: ConnectionCounts = dataclasses.field(
+        default_factory=lambda: ConnectionCounts(0))
     limiter: auth.RateLimiter = dataclasses.field(default_factory=auth.RateLimiter)
+    failures: auth.FailureLimiter = dataclasses.field(default_factory=auth.FailureLimiter)
     responses: Counter[tuple[str, int]] = dataclasses.field(default_factory=Counter)
     touched: dict[str, float] = dataclasses.field(default_factory=dict)
     status: StatusSources | None = None  # the status page's sources (None: no page)
@@ -56,15 +68,38 @@ class ApiState:
     roles: Roles = dataclasses.field(default_factory=Roles)
     publisher: PublisherStats | None = None  # None: fan-out is off in this instance
 
+    def __post_init__(self) -> None:
+        self.polls = LongPolls(self.feed)
+
+
+def _address() -> str:
+    source = request if has_request_context() else websocket
+    return source.remote_addr or "unknown"
+
+
+def _presented(state: ApiState) -> str:
+    """The request's bearer token; a missing or malformed one counts as a failure."""
+    state.failures.check(_address())  # a 429 here costs no database work
+    try:
+        return auth.bearer_token(request.headers.get("Authorization"))
+    except ApiError:
+        state.failures.failed(_address())
+        raise
+
 
 async def _authenticate(state: ApiState, session: ReadSession) -> Token:
-    presented = auth.bearer_token(request.headers.get("Authorization"))
-    return await _authenticate_token(state, session, presented)
+    return await _authenticate_token(state, session, _presented(state))
 
 
 async def _authenticate_token(state: ApiState, session: ReadSession, presented: str) -> Token:
+    """The valid token ``presented``, or 401 (counted against the client's address)."""
+    state.failures.check(_address())
     digest = auth.token_hash(state.salt, presented)
-    token = auth.check_token(await session.token(digest), digest)
+    try:
+        token = auth.check_token(await session.token(digest), digest)
+    except ApiError:
+        state.failures.failed(_address())
+        raise
     state.limiter.check(token.name, token.rate_limit)
     now = trio.current_time()
     if now - state.touched.get(token.name, -TOUCH_INTERVAL) >= TOUCH_INTERVAL:
@@ -74,41 +109,48 @@ async def _authenticate_token(state: ApiState, session: ReadSession, presented: 
 
 
 async def _events(state: ApiState) -> Response:
-    seen = state.feed.head  # before the query: a commit after it wakes a long-poll
+    presented = _presented(state)  # before taking a pooled connection
     async with state.store.session() as session:
-        token = await _authenticate(state, session)
-        parsed = params.parse_events(request.args.to_dict(flat=False))
-        event_filter, collections = auth.narrow(parsed.filter, parsed.collections, token)
-        exact, prefixes = params.split_collections(collections)
-        event_filter = dataclasses.replace(event_filter, collections=exact, prefixes=prefixes)
-        page = await session.events(event_filter)
-        if not page.count and event_filter.since > state.feed.head:
-            head = await session.head()  # the feed may be a commit behind: ask the log
-            if event_filter.since > head:
-                raise ApiError(400, "since_beyond_head",
-                               f"since={event_filter.since} is beyond the log's head ({head}): "
-                               "pass the cursor of a page this log returned, or 0")
-        skipped = b""
-        if page.first_id != event_filter.since + 1:
-            # Ids are gapless, so anything between `since` and the oldest retained id was
-            # dropped by retention: say so, with the count, so the consumer knows.
-            oldest = await session.oldest_id()
-            if oldest is not None and oldest > event_filter.since + 1:
-                skipped = b',"skipped":%d' % (oldest - event_filter.since - 1)
-    if not page.count and parsed.wait > 0:
-        # Long-poll without holding a connection: woken by each committed batch (the
-        # commit feed re-reads the head every few seconds in case a notification was
-        # missed while its listener reconnected).
-        state.stats.long_polls_open += 1
-        try:
-            with trio.move_on_after(parsed.wait):
-                while not page.count:
-                    await state.feed.wait_past(seen)
-                    seen = state.feed.head
-                    async with state.store.session() as session:
-                        page = await session.events(event_filter)
-        finally:
-            state.stats.long_polls_open -= 1
+        token = await _authenticate_token(state, session, presented)
+    parsed = params.parse_events(request.args.to_dict(flat=False))
+    event_filter, collections = auth.narrow(parsed.filter, parsed.collections, token)
+    exact, prefixes = params.split_collections(collections)
+    event_filter = dataclasses.replace(event_filter, collections=exact, prefixes=prefixes)
+    # A long-poll registers before its first read, so a batch committed after that read
+    # wakes it whatever the interleaving; it is woken only by a batch that can match.
+    waiting = state.polls.waiter(event_filter) if parsed.wait > 0 else nullcontext()
+    with waiting as waiter:
+        async with state.store.session() as session:
+            page = await session.events(event_filter)
+            if not page.count and event_filter.since > state.feed.head:
+                head = await session.head()  # the feed may be a commit behind: ask the log
+                if event_filter.since > head:
+                    raise ApiError(400, "since_beyond_head",
+                                   f"since={event_filter.since} is beyond the log's head "
+                                   f"({head}): pass the cursor of a page this log returned, "
+                                   "or 0")
+            skipped = b""
+            if page.first_id != event_filter.since + 1:
+                # Ids are gapless, so anything between `since` and the oldest retained id
+                # was dropped by retention: say so, with the count, so the consumer knows.
+                oldest = await session.oldest_id()
+                if oldest is not None and oldest > event_filter.since + 1:
+                    skipped = b',"skipped":%d' % (oldest - event_filter.since - 1)
+        if waiter is not None and not page.count:
+            # Woken only by a committed batch that can match; until the wait is over or the
+            # service starts shutting down (then the answer is the empty page, at once).
+            state.stats.long_polls_open += 1
+            try:
+                with trio.move_on_after(parsed.wait), state.shutdown.intake():
+                    while not page.count:
+                        await waiter.wait()
+                        async with state.store.session() as session:
+                            # The token may have been revoked while this request waited.
+                            auth.check_token(await session.token(token.token_hash),
+                                             token.token_hash)
+                            page = await session.events(event_filter)
+            finally:
+                state.stats.long_polls_open -= 1
     cursor = page.last_id if page.count else event_filter.since
     body = b'{"events":[%s],"cursor":%d%s}' % (page.json, cursor, skipped)
     return Response(body, content_type="application/json")
@@ -121,11 +163,14 @@ def _archive_of(partition: Partition, archived: dict[date, Archive]) -> dict[str
     return None if found is None else found.as_json()
 
 
-def _health_body(state: ApiState, database_ok: bool,
-                 partitions: PartitionStatus | None
-                 ) -> tuple[dict[str, object], bool]:
+def _health_body(state: ApiState) -> tuple[dict[str, object], bool]:
     stats = state.stats
     now = trio.current_time()
+    checked_ago = state.database.age()
+    # A probe result older than this means the probe itself is stuck: do not trust it.
+    database_ok = (state.database.fault is None and checked_ago is not None
+                   and checked_ago <= PROBE_INTERVAL + PROBE_TIMEOUT + 1.0)
+    partitions = state.database.partitions
     last_event = stats.last_event_time
     lag = (datetime.now(UTC) - last_event).total_seconds() if last_event else None
     since_commit = now - stats.last_commit_monotonic if stats.last_commit_monotonic else None
@@ -146,7 +191,9 @@ def _health_body(state: ApiState, database_ok: bool,
         status = "stalled" if stalled else "ok"
     body = {
         "status": status,
-        "database": "ok" if database_ok else "unreachable",
+        "database": "ok" if database_ok else (state.database.fault or "unreachable"),
+        "database_checked_seconds_ago": (round(checked_ago, 3) if checked_ago is not None
+                                         else None),
         "upstream_connected": stats.upstream_connected,
         "last_seq": stats.last_seq,
         "last_id": stats.last_id,
@@ -217,10 +264,11 @@ async def _status(state: ApiState) -> dict[str, object]:
             with trio.fail_after(2):
                 async with state.store.session() as session:
                     sources.partitions = await session.partitions()
-        except DB_ERRORS:
-            pass  # the page still shows the last listing; health says the database is down
-    # The partition manager's last pass: the page refreshes often, its status changes hourly.
-    health, healthy = _health_body(state, True, state.stats.partition_status)
+        except Exception as exc:
+            if database_fault(exc) is None:
+                raise
+            # The page still shows the last listing; health says what is wrong.
+    health, healthy = _health_body(state)
     consumers = {"long_polls_open": state.stats.long_polls_open,
                  "feed_subscribers": state.feed.subscribers,
                  "api_requests_total": state.stats.api_requests}
@@ -242,20 +290,8 @@ def create_app(state: ApiState) -> QuartTrio:
     @app.route("/health")
     @app.route("/api/health")
     async def health() -> Response:
-        partitions = None
-        try:
-            with trio.fail_after(2):
-                async with state.store.session() as session:
-                    cursor = await session.cursor()
-                    partitions = await session.partition_status(state.partition_policy,
-                                                                datetime.now(UTC).date())
-            state.stats.default_partition_rows = partitions.default_rows
-            database_ok = True
-            if cursor is not None and state.stats.last_id == 0:
-                state.stats.last_id, state.stats.last_seq = cursor.last_id, cursor.last_seq
-        except DB_ERRORS:
-            database_ok = False
-        body, healthy = _health_body(state, database_ok, partitions)
+        # From state kept fresh by the service (api/health.py): no database round trip.
+        body, healthy = _health_body(state)
         return _json(body, 200 if healthy else 503)
 
     @app.route("/")
@@ -269,8 +305,9 @@ def create_app(state: ApiState) -> QuartTrio:
 
     @app.route("/partitions")
     async def partitions() -> Response:
+        presented = _presented(state)  # before taking a pooled connection
         async with state.store.session() as session:
-            await _authenticate(state, session)
+            await _authenticate_token(state, session, presented)
             now = datetime.now(UTC)
             listing = await session.partitions()
             summary = await session.partition_status(state.partition_policy, now.date())
@@ -281,7 +318,7 @@ def create_app(state: ApiState) -> QuartTrio:
     @app.route("/metrics")
     async def metrics() -> Response:
         text = render_metrics(state.stats, state.responses, state.delivery, state.feed.head,
-                              state.roles, state.publisher)
+                              state.roles, state.publisher, state.connections, state.polls)
         return Response(text, content_type="text/plain; version=0.0.4")
 
     @app.route("/openapi.json")
@@ -299,10 +336,13 @@ def create_app(state: ApiState) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
-        if isinstance(exc, DB_ERRORS):
-            return _json({"error": "database_unavailable",
-                          "message": "the database is unreachable; retry shortly"}, 503,
-                         {"Retry-After": "5"})
+        kind = database_fault(exc)
+        if kind is not None:
+            error = database_error(kind)
+            if error.status != 503:  # not a passing condition: the operator must act
+                app.logger.error("database error: %s", exc)
+            return _json({"error": error.code, "message": error.message}, error.status,
+                         error.headers)
         app.logger.exception("unexpected error")
         return _json({"error": "internal", "message": "internal error"}, 500)
 

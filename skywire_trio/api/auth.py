@@ -113,3 +113,53 @@ class RateLimiter:
             raise ApiError(429, "rate_limited", f"more than {rate} requests per second",
                            {"Retry-After": str(retry)})
         self._buckets[name] = (level - 1.0, now)
+
+
+# Failed authentications allowed per client address: a burst, then a steady rate. A bad
+# token costs a pool connection and a query; 238 a second slowed everyone else to 99 ms.
+AUTH_FAILURE_BURST = 20
+AUTH_FAILURE_RATE = 5.0
+# Addresses tracked before the ones whose allowance has refilled are forgotten.
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+class FailureLimiter:
+    """Failed authentications per client address; over the allowance, a 429 before any work.
+
+    Only failures are counted, so an address that presents valid tokens is never limited,
+    however many requests it makes at once. A burst of concurrent bad attempts can pass the
+    check together, but each of their failures is counted and the allowance goes negative:
+    the address then waits until it has refilled, so over time it gets no more than the
+    rate. Behind a reverse proxy every client shares the proxy's address (see
+    docs/operations.md).
+    """
+
+    def __init__(self, rate: float = AUTH_FAILURE_RATE, burst: int = AUTH_FAILURE_BURST) -> None:
+        self._rate, self._burst = rate, float(burst)
+        self._levels: dict[str, tuple[float, float]] = {}
+
+    def _level(self, address: str, now: float) -> float:
+        level, stamp = self._levels.get(address, (self._burst, now))
+        return min(self._burst, level + (now - stamp) * self._rate)
+
+    def check(self, address: str) -> None:
+        """Raise a 429 with Retry-After if ``address`` has used up its failures."""
+        level = self._level(address, trio.current_time())
+        if level < 1.0:
+            retry = max(1, int((1.0 - level) / self._rate + 0.999))
+            raise ApiError(429, "too_many_failures",
+                           "too many failed authentications from this address",
+                           {"Retry-After": str(retry)})
+
+    def failed(self, address: str) -> None:
+        """Count one failed authentication from ``address``."""
+        now = trio.current_time()
+        self._levels[address] = (self._level(address, now) - 1.0, now)
+        if len(self._levels) > MAX_TRACKED_ADDRESSES:
+            self._levels = {a: (level, stamp) for a, (level, stamp) in self._levels.items()
+                            if self._level(a, now) < self._burst}
+
+    @property
+    def tracked(self) -> int:
+        """How many addresses are being tracked."""
+        return len(self._levels)

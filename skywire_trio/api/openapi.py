@@ -25,7 +25,11 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "bad parameters", 401: "missing, unknown or revoked token",
             403: "outside the token's scope", 404: "not found",
-            429: "rate limited (see Retry-After)", 503: "database unavailable (see Retry-After)"}
+            429: "`rate_limited` (the token's rate) or `too_many_failures` (failed "
+                 "authentications from this address); see Retry-After",
+            500: "`database_permission` or `database_error`: the operator has to act",
+            503: "`database_unavailable`, `database_timeout` or `too_many_connections`; "
+                 "see Retry-After"}
     return {str(code): _json(text[code], _ref("Error")) for code in codes}
 
 
@@ -141,7 +145,11 @@ _ARCHIVE_HEALTH = _object({
 
 _HEALTH = _object({
     "status": {"type": "string", "enum": HEALTH_STATUSES},
-    "database": {"type": "string", "enum": ["ok", "unreachable"]},
+    "database": {"type": "string", "enum": ["ok", "unreachable", "timeout", "permission",
+                                            "error"],
+                 "description": "the last probe's result (probed every second on a "
+                                "connection of its own)"},
+    "database_checked_seconds_ago": _nullable("number", "age of that result"),
     "upstream_connected": {"type": "boolean"},
     "last_seq": _nullable("integer", "last upstream seq committed"),
     "last_id": {"type": "integer", "description": "last log id committed"},
@@ -274,7 +282,7 @@ def _events_op(alias: bool) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "parameters": _FILTER_PARAMS,
         "responses": {"200": _json("a page of events", _PAGE),
-                      **_errors(400, 401, 403, 429, 503)},
+                      **_errors(400, 401, 403, 429, 500, 503)},
     }
     if alias:
         op["description"] = "The path of the original Skywire README; same as `/events`."
@@ -295,7 +303,12 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "skywire-trio", "version": "0.1.0",
              "description": "The ATProto firehose as a durable, paged log. Errors are "
-                            "`{\"error\": code, \"message\": text}`."},
+                            "`{\"error\": code, \"message\": text}`, including the "
+                            "server's own before a request reaches a route (400 malformed, "
+                            "431 headers too large, 501 unsupported transfer coding, 503 "
+                            "`too_many_connections`). Public, no token: /health, "
+                            "/api/health, /metrics, /openapi.json, /, /status.json and "
+                            "/static/*."},
     "components": {
         "securitySchemes": {"bearer": {
             "type": "http", "scheme": "bearer",
@@ -352,7 +365,7 @@ OPENAPI: dict[str, Any] = {
                                        _object({**_PARTITION_STATUS["properties"],
                                                 "partitions": {"type": "array",
                                                                "items": _ref("Partition")}})),
-                          **_errors(401, 429, 503)},
+                          **_errors(401, 429, 500, 503)},
         }},
         "/metrics": {"get": {
             "summary": "Prometheus metrics (public)", "operationId": "metrics",

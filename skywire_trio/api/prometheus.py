@@ -15,6 +15,8 @@ from ..stats import (
     Roles,
     SubscriptionStats,
 )
+from .http_server import ConnectionCounts
+from .longpoll import LongPolls
 
 
 def _line(name: str, value: float, labels: str = "") -> str:
@@ -151,9 +153,33 @@ def publisher_lag(publisher: PublisherStats, head: int) -> tuple[int, float]:
     return events, max(0.0, time.time() - publisher.last_time_us / 1e6)
 
 
+def _http_series(connections: ConnectionCounts, polls: LongPolls
+                 ) -> list[tuple[str, str, str, list[tuple[str, float]]]]:
+    """The HTTP server's connections and the waiting long-polls."""
+    return [
+        ("skywire_http_connections", "gauge", "Open HTTP connections.",
+         [("", connections.open)]),
+        ("skywire_http_connections_max", "gauge", "The cap on open HTTP connections.",
+         [("", connections.limit)]),
+        ("skywire_http_connections_evicted_total", "counter",
+         "Idle connections closed at the cap to make room for a new one.",
+         [("", connections.evicted)]),
+        ("skywire_http_connections_refused_total", "counter",
+         "Connections refused with 503 because the cap was reached with every one busy.",
+         [("", connections.refused)]),
+        ("skywire_long_polls_waiting", "gauge", "Long-polls waiting for a matching commit.",
+         [("", polls.waiting)]),
+        ("skywire_long_poll_wakeups_total", "counter",
+         "Long-polls woken by a commit that can match their filter.",
+         [("", polls.wakeups)]),
+    ]
+
+
 def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]],
                    delivery: DeliveryStats | None = None, head: int = 0,
-                   roles: Roles | None = None, publisher: PublisherStats | None = None) -> str:
+                   roles: Roles | None = None, publisher: PublisherStats | None = None,
+                   connections: ConnectionCounts | None = None,
+                   polls: LongPolls | None = None) -> str:
     """Every metric, with HELP and TYPE lines."""
     lag = ((datetime.now(UTC) - stats.last_event_time).total_seconds()
            if stats.last_event_time else 0.0)
@@ -213,6 +239,8 @@ def render_metrics(stats: IngestStats, responses: Counter[tuple[str, int]],
           for (route, status), n in sorted(responses.items())]),
     ]
     series += _role_series(roles, publisher, head)
+    if connections is not None and polls is not None:
+        series += _http_series(connections, polls)
     if delivery is not None:
         series += _delivery_series(delivery, head)
     lines = []

@@ -208,3 +208,11 @@ async def open_read_store(database_url: str, size: int = 4) -> AsyncIterator[Rea
     async with triopg.create_pool(database_url, min_size=0, max_size=size,
                                   command_timeout=10, reset=_keep) as pool:
         yield ReadStore(pool)
+
+
+@asynccontextmanager
+async def connect(database_url: str, timeout: float) -> AsyncIterator[ReadSession]:
+    """A connection of its own, outside the pool (the API's health probe), with ``timeout``
+    for connecting and for each statement."""
+    async with triopg.connect(database_url, timeout=timeout, command_timeout=timeout) as conn:
+        yield ReadSession(conn)
