@@ -132,7 +132,13 @@ async def test_default_partition_rows_are_reported_and_moved(database, nursery, 
     assert query(database, "SELECT count(*) FROM firehose_events_default") == [(len(rows),)]
     await wait_until(lambda: running.stats.upstream_reached, 10)  # else it is "connecting"
     async with httpx.AsyncClient(base_url=running.api_url) as client:
-        health = (await client.get("/health")).json()
+        async def health_now() -> dict:
+            return (await client.get("/health")).json()
+
+        # /health is answered from state the service refreshes: wait for the probe to see it.
+        with trio.fail_after(30):
+            while (health := await health_now())["default_partition_rows"] != len(rows):
+                await trio.sleep(0.2)
         assert health["default_partition_rows"] == len(rows)
         assert health["status"] == "ok"  # an alarm, not an outage
         assert health["partitions"]["default_rows"] == len(rows)
