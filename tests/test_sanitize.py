@@ -129,6 +129,8 @@ KEPT = {
     "NUL in action": (commit(op={"action": "cre\x00ate"}), "action", "action: contains U+0000"),
     "100,000-character action": (commit(op={"action": HUGE}), "action",
                                  f'(was "{"z" * 64}" (first 64 of 100000 characters))'),
+    "an unknown action": (commit(op={"action": "0001-01-01T00:00:00+14:00"}), "action",
+                          "action: is not one of create, update, delete"),
     "action as an integer": (commit(op={"action": 2**64 - 1}), "action", "not a string"),
     "time 0001-01-01T00:00:00+14:00": (commit(time="0001-01-01T00:00:00+14:00"), "event_time",
                                        "time: outside years 1-9999 in UTC"),

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-KINDS = ["commit", "identity", "account", "sync", "info"]
-ACTIONS = ["create", "update", "delete"]
+from ..identifiers import ACTIONS as _ACTIONS
+from ..identifiers import EVENT_TYPES
+
+KINDS = list(EVENT_TYPES)
+ACTIONS = list(_ACTIONS)
 HEALTH_STATUSES = ["ok", "connecting", "stalled", "database_unavailable"]
 
 

@@ -264,7 +264,7 @@ def _commit_rows(body: dict[str, Any], seq: int, frame_notes: sanitize.Notes,
             raise FrameError("#commit op without a path")
         collection, rkey = sanitize.path(op["path"])
         op_notes: sanitize.Notes = []
-        action = sanitize.word("action", op.get("action"), op_notes, required=True)
+        action = sanitize.action(op.get("action"), op_notes)
         link = op.get("cid")  # raw CID bytes (see _decode_envelope)
         cid = record = error = raw = None
         if isinstance(link, bytes):

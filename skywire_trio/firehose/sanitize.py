@@ -8,8 +8,9 @@ The decoder (``codec``) calls these while it builds rows. Two kinds of field, tw
   with its bytes and the reason. Rewriting them would file the event under another account,
   type or record, which is worse than not filing it.
 - Fields that *describe* the event -- ``rev``, an op's ``action``, the event ``time`` -- are
-  kept when they can be stored; otherwise the column is NULL and the row's ``sanitized``
-  column says which field was changed, why, and how the original began.
+  kept when they can be stored (an action only when it is one of the lexicon's known
+  values, which the API's schema promises consumers); otherwise the column is NULL and the
+  row's ``sanitized`` column says which field was changed, why, and how the original began.
 
 Records and non-commit bodies keep their own rule (``record`` NULL, ``record_error``, the raw
 block kept; see ``codec``). Invalid UTF-8 and nesting deeper than 128 levels in the frame
@@ -26,6 +27,7 @@ import json
 import re
 from datetime import UTC, datetime
 
+from ..identifiers import ACTIONS
 from .errors import FrameError
 
 # seq is stored in a bigint column and in the cursor; 0 and below are not upstream seqs.
@@ -133,6 +135,21 @@ def word(field: str, value: object, notes: Notes, required: bool = False) -> str
         notes.append(note(field, value, f"is longer than {MAX_WORD_CHARS} characters"))
     else:
         notes.append(note(field, value, "contains U+0000 (NUL)"))
+    return None
+
+
+def action(value: object, notes: Notes) -> str | None:
+    """An op's ``action``: kept if it is ``create``, ``update`` or ``delete``.
+
+    The lexicon lists these as known values, and ``/openapi.json`` and Jetstream's clients
+    treat ``operation`` as that enum; anything else is stored NULL with a note that keeps
+    how it began.
+    """
+    if value in ACTIONS:
+        return value  # type: ignore[return-value]  # one of three str constants
+    kept = word("action", value, notes, required=True)
+    if kept is not None:
+        notes.append(note("action", kept, f"is not one of {', '.join(ACTIONS)}"))
     return None
 
 
