@@ -205,8 +205,14 @@ async def open_read_store(database_url: str, size: int = 4) -> AsyncIterator[Rea
     """A pool for readers. ``min_size=0``: they start even while the database is down."""
     # reset=_keep: pooled connections hold no session state (LISTEN uses its own
     # connection), so asyncpg's reset query on every release is a wasted round trip.
+    # The two lifetimes are 0 because each arms a 300 s asyncio timer per release or per
+    # cached statement, and trio-asyncio's timers copy the caller's contextvars: every
+    # timer kept the request that last used the connection (quart's request context) alive
+    # for 5 minutes. 1,000 closed long-polls stayed in memory that long.
     async with triopg.create_pool(database_url, min_size=0, max_size=size,
-                                  command_timeout=10, reset=_keep) as pool:
+                                  command_timeout=10, reset=_keep,
+                                  max_inactive_connection_lifetime=0,
+                                  max_cached_statement_lifetime=0) as pool:
         yield ReadStore(pool)
 
 
