@@ -18,8 +18,10 @@ the service and the replay relay as processes.
    storage calculation.
 2. *Live fan-out*: ``--consumers`` durable pull consumers, each with a filter subject
    (a few take everything or a busy collection, most a rare or absent collection, as apps
-   do), created on the stream before the service starts; each pulls batches of up to 100
-   and acknowledges a batch with its last message (``AckPolicy.ALL``). A relay replays
+   do), created on the stream before the service starts; each consumes continuously with
+   one pull request for a batch of 100 outstanding (30 s expiry; a new one when it is
+   filled or expires), handles each message as it arrives, and acknowledges its last message
+   every 0.5 s (``AckPolicy.ALL``). A relay replays
    at ``--rate`` events/s for ``--seconds``. For every message received: receipt time
    minus the event's ``time_us`` (its commit time in the log), as p50/p95/p99; every
    consumer must end with exactly the events its subject matches (checked against the
@@ -41,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +75,9 @@ from tests.support import (  # noqa: E402
 )
 
 PREFIX = "atproto.firehose"
+PULL_BATCH = 100  # messages a consumer's pull request asks for
+PULL_EXPIRES = 30.0  # seconds a pull request stays open on the server
+ACK_EVERY = 0.5  # seconds between a consumer's acknowledgements (of its last message)
 # (how many consumers, filter subject, the SQL condition of what it must receive)
 BUSY = [
     (1, ">", "true"),
@@ -91,10 +97,13 @@ RARE = [
 
 
 class Sampler:
-    """Peak RSS of some processes, sampled every 0.5 s in a thread."""
+    """Peak RSS of some processes, sampled every 0.5 s in a thread; with ``metrics`` (the
+    service's /metrics URL), also the publisher's lag behind the log head, in seconds."""
 
-    def __init__(self, *pids: int) -> None:
+    def __init__(self, *pids: int, metrics: str | None = None) -> None:
         self.peak_kb = dict.fromkeys(pids, 0)
+        self.metrics = metrics
+        self.publisher_lag: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -105,6 +114,12 @@ class Sampler:
                     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                         if line.startswith("VmRSS:"):
                             self.peak_kb[pid] = max(self.peak_kb[pid], int(line.split()[1]))
+            if self.metrics:
+                with contextlib.suppress(OSError, ValueError):
+                    with urllib.request.urlopen(self.metrics, timeout=2) as response:
+                        for line in response.read().decode().splitlines():
+                            if line.startswith("skywire_publisher_lag_seconds "):
+                                self.publisher_lag.append(float(line.split()[1]))
 
     def mb(self, pid: int) -> int:
         """Peak RSS of ``pid`` in MB."""
@@ -206,12 +221,13 @@ def drain(args: argparse.Namespace, tmp: Path) -> dict:
         server.stop()
 
 
-def _consumers(count: int) -> list[tuple[str, str]]:
-    """(filter subject, SQL condition) of each consumer: the busy ones, then rare ones,
-    then collections that never occur (apps waiting for their own NSID)."""
+def _consumers(count: int, rare_share: float = 0.5) -> list[tuple[str, str]]:
+    """(filter subject, SQL condition) of each consumer: the busy ones, then rare ones
+    (``rare_share`` of the rest), then collections that never occur (apps waiting for their
+    own NSID)."""
     out = [(f"{PREFIX}.{subject}", condition) for n, subject, condition in BUSY
            for _ in range(n)]
-    rare = (count - len(out)) // 2
+    rare = int((count - len(out)) * rare_share)
     out += [(f"{PREFIX}.{RARE[i % len(RARE)][0]}", RARE[i % len(RARE)][1])
             for i in range(rare)]
     out += [(f"{PREFIX}.commit.com.example.app{i}.record", "false")
@@ -228,6 +244,7 @@ class Consumers:
         self.received: list[list[int]] = [[] for _ in filters]  # event ids, per consumer
         self.latencies: list[float] = []
         self.created_seconds = 0.0
+        self._unacked: dict[int, nats.aio.msg.Msg] = {}  # per consumer, its last message
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: run_asyncio(self._main()), daemon=True)
@@ -237,33 +254,63 @@ class Consumers:
         js = nc.jetstream()
         await js.add_stream(stream_config(Settings()))
         started = time.monotonic()
-        subs = []
         for i, (subject, _) in enumerate(self.filters):
-            subs.append(await js.pull_subscribe(
-                subject, durable=f"bench{i}", stream="SKYWIRE",
-                config=ConsumerConfig(ack_policy=AckPolicy.ALL, max_ack_pending=20_000)))
+            await js.add_consumer("SKYWIRE", ConsumerConfig(
+                durable_name=f"bench{i}", filter_subject=subject,
+                ack_policy=AckPolicy.ALL, max_ack_pending=20_000))
         self.created_seconds = time.monotonic() - started
+        for i in range(len(self.filters)):
+            await self._pull(nc, i)
         self._ready.set()
-        await asyncio.gather(*(self._pull(i, sub) for i, sub in enumerate(subs)))
+        while not self._stop.is_set():
+            # Acknowledge each consumer's last message, at most every ACK_EVERY seconds: an
+            # acknowledgement is a consumer-state update in nats-server, and one per message
+            # for hundreds of quiet consumers cost it more CPU than delivering.
+            await asyncio.sleep(ACK_EVERY)
+            unacked, self._unacked = self._unacked, {}
+            for msg in unacked.values():
+                await msg.ack()  # AckPolicy.ALL: this one and all before it
         await nc.close()
 
-    async def _pull(self, index: int, sub: object) -> None:
+    async def _pull(self, nc: nats.NATS, index: int) -> None:
+        """Consume ``bench<index>`` continuously: one pull request of ``PULL_BATCH`` messages
+        (``PULL_EXPIRES`` long) outstanding at a time, each message taken as it arrives.
+
+        This is the pattern of the Go and JavaScript clients' ``Consume``. nats-py's
+        ``fetch(n)`` on a long request returns only when ``n`` messages came or the request
+        expired, so a quiet consumer would wait out the expiry; short expiries instead make
+        1,000 mostly idle consumers a stream of requests for nats-server to answer.
+        """
         received = self.received[index]
-        while not self._stop.is_set():
-            try:
-                batch = await sub.fetch(100, timeout=2)
-            except TimeoutError:  # nats-py raises its own subclass, or asyncio's
-                continue
-            if not batch:
-                continue
-            now = time.time()
-            for msg in batch:
-                body = msg.data
-                start = body.index(b'"time_us":') + 10
-                time_us = int(body[start:body.index(b",", start)])
-                self.latencies.append(now - time_us / 1e6)
-                received.append(int(msg.headers["Skywire-Id"]))
-            await batch[-1].ack()
+        inbox = nc.new_inbox()
+        api = f"$JS.API.CONSUMER.MSG.NEXT.SKYWIRE.bench{index}"
+        request = json.dumps({"batch": PULL_BATCH,
+                              "expires": int(PULL_EXPIRES * 1e9)}).encode()
+        outstanding = 0
+
+        async def pull() -> None:
+            nonlocal outstanding
+            outstanding = PULL_BATCH
+            await nc.publish(api, request, reply=inbox)
+
+        async def on_message(msg: nats.aio.msg.Msg) -> None:
+            nonlocal outstanding
+            if not msg.data and msg.headers and "Status" in msg.headers:
+                # 408: the request expired (or 409/404): ask again.
+                await pull()
+                return
+            body = msg.data
+            start = body.index(b'"time_us":') + 10
+            time_us = int(body[start:body.index(b",", start)])
+            self.latencies.append(time.time() - time_us / 1e6)
+            received.append(int(msg.headers["Skywire-Id"]))
+            self._unacked[index] = msg
+            outstanding -= 1
+            if outstanding == 0:
+                await pull()
+
+        await nc.subscribe(inbox, cb=on_message)
+        await pull()
 
     def start(self) -> None:
         """Create the consumers and start pulling."""
@@ -271,7 +318,7 @@ class Consumers:
         assert self._ready.wait(300), "consumers not created"
 
     def stop(self) -> None:
-        """Stop pulling (within the 2 s fetch timeout)."""
+        """Stop pulling."""
         self._stop.set()
         self._thread.join(30)
 
@@ -285,7 +332,7 @@ def live(args: argparse.Namespace, tmp: Path) -> dict:
     server.start()
     nats_pid = server.proc.pid
     log = tmp / "live-service.log"
-    filters = _consumers(args.consumers)
+    filters = _consumers(args.consumers, args.rare_share)
     consumers = Consumers(server.url, filters)
     consumers.start()
     try:
@@ -293,8 +340,11 @@ def live(args: argparse.Namespace, tmp: Path) -> dict:
                 replay_process(recording, "--rate", f"{args.rate / per_frame:.1f}") as relay:
             env = service_env(database, relay, tmp, SKYWIRE_NATS_URL=server.url)
             proc = start_service(env, log)
+            cpu_before = {pid: proc_cpu_seconds(pid) for pid in (proc.pid, nats_pid, os.getpid())}
+            began = time.monotonic()
             try:
-                with Sampler(proc.pid, nats_pid) as sampler:
+                with Sampler(proc.pid, nats_pid,
+                             metrics=f"http://127.0.0.1:{env['PORT']}/metrics") as sampler:
                     assert wait_for(lambda: query(database, "SELECT last_seq FROM "
                                                   "firehose_cursor") == [(frames,)],
                                     args.seconds * 4 + 60), log.read_text()[-2000:]
@@ -304,6 +354,9 @@ def live(args: argparse.Namespace, tmp: Path) -> dict:
                     complete = wait_for(lambda: all(
                         len(got) >= len(expected[condition]) for got, (_, condition)
                         in zip(consumers.received, filters, strict=True)), 120, interval=1.0)
+                    took = time.monotonic() - began
+                    cpu = {pid: round((proc_cpu_seconds(pid) - before) / took, 2)
+                           for pid, before in cpu_before.items()}
             finally:
                 _stop(proc)
     finally:
@@ -321,6 +374,9 @@ def live(args: argparse.Namespace, tmp: Path) -> dict:
         "p95": round(_percentile(latencies, 0.95), 3),
         "p99": round(_percentile(latencies, 0.99), 3),
         "max": round(max(latencies), 3),
+        "publisher_lag_seconds_max": max(sampler.publisher_lag, default=None),
+        "cpu_share": {"service": cpu[proc.pid], "nats_server": cpu[nats_pid],
+                      "consumers_process": cpu[os.getpid()]},
         "service_peak_rss_mb": sampler.mb(proc.pid),
         "nats_peak_rss_mb": sampler.mb(nats_pid),
     }
@@ -332,6 +388,9 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=500.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rare-share", type=float, default=0.5,
+                        help="share of the non-busy consumers on rare subjects (the rest "
+                             "never match)")
     parser.add_argument("--skip-drain", action="store_true")
     parser.add_argument("--skip-live", action="store_true")
     args = parser.parse_args()
