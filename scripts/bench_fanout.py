@@ -328,7 +328,7 @@ def live(args: argparse.Namespace, tmp: Path) -> dict:
     frames = int(args.rate * args.seconds / per_frame)
     recording = tmp / "live.bin"
     write_frames(recording, renumbered(relay_frames(), frames))
-    server = NatsServer(tmp / "live-nats", "live")
+    server = NatsServer((args.nats_store or tmp) / "live-nats", "live")
     server.start()
     nats_pid = server.proc.pid
     log = tmp / "live-service.log"
@@ -391,6 +391,9 @@ def main() -> None:
     parser.add_argument("--rare-share", type=float, default=0.5,
                         help="share of the non-busy consumers on rare subjects (the rest "
                              "never match)")
+    parser.add_argument("--nats-store", type=Path, default=None,
+                        help="directory for the live part's JetStream store (default: a "
+                             "temporary directory), e.g. /dev/shm")
     parser.add_argument("--skip-drain", action="store_true")
     parser.add_argument("--skip-live", action="store_true")
     args = parser.parse_args()
