@@ -214,6 +214,7 @@ def main() -> None:
             cpu0 = {k: sum(proc_cpu_seconds(p) for p in v) for k, v in pids.items()}
             pg0, busy0 = _postgres_cpu(database), machine_busy_seconds()
             sent0 = _metric(port, "skywire_subscribe_messages_total")
+            fallbacks0 = _metric(port, "skywire_subscribe_fallbacks_total")
             id0 = query(database, "SELECT last_id FROM firehose_cursor")[0][0]
             started, peak_rss = time.monotonic(), 0
             while time.monotonic() - started < args.seconds:
@@ -225,6 +226,7 @@ def main() -> None:
             pg = (_postgres_cpu(database) - pg0) / elapsed
             busy = (machine_busy_seconds() - busy0) / elapsed
             sent = (_metric(port, "skywire_subscribe_messages_total") - sent0) / elapsed
+            fallbacks = _metric(port, "skywire_subscribe_fallbacks_total") - fallbacks0
             ingest = (query(database, "SELECT last_id FROM firehose_cursor")[0][0] - id0) \
                 / elapsed
             results = [json.loads(c.stdout.readline()) for c in clients]
@@ -253,7 +255,8 @@ def main() -> None:
           f"{busy:.2f} of {2} cores; service peak RSS {peak_rss / 1024:.0f} MiB")
     order_errors = sum(r["order_errors"] for r in results)
     closed = [c for r in results for c in r["closed"]]
-    print(f"order errors: {order_errors}; connections closed by the service: {len(closed)}"
+    print(f"order errors: {order_errors}; connections closed by the service: {len(closed)}; "
+          f"live subscribers cut off to pages (buffer full): {fallbacks:.0f}"
           + (f" (first: {closed[0]})" if closed else ""))
 
 

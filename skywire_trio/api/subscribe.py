@@ -41,7 +41,7 @@ from ..types import COLLECTION_EXEMPT, EventFilter, LogEvent, Token
 from . import auth
 from .errors import DB_ERRORS, ApiError
 from .params import MAX_ID, bad_request, single
-from .ws_writer import MessageWriter
+from .ws_writer import MessageWriter, frames
 
 if TYPE_CHECKING:
     from .app import ApiState
@@ -67,6 +67,7 @@ INDEXED_BATCHES = 256  # batches whose by-collection index is kept
 # well within it.
 WRITE_EVENTS = 256
 WRITE_BYTES = 64 * 1024
+FRAMED_WRITES = 512  # live writes kept framed for the next subscriber with the same filter
 _KNOWN = {"wantedCollections", "wantedDids", "cursor", "maxMessageSizeBytes", "requireHello",
           "compress", "since", "wantedKinds", "token"}
 
@@ -252,6 +253,11 @@ def _close_reason(code: str, message: str) -> str:
     return f"{code}: {message}".encode()[:123].decode(errors="ignore")
 
 
+def _wanted(event: LogEvent, options: Options) -> bool:
+    return options.filter.matches(event) and not (
+        options.max_message_size and len(event.json) > options.max_message_size)
+
+
 class _ByCollection:
     """One committed batch's events by collection, built once for every subscriber."""
 
@@ -285,6 +291,9 @@ class _Hub:
         # The last batches' indexes, by range: a thousand subscribers on one collection
         # each pick their events instead of matching every event of every batch.
         self._indexes: OrderedDict[tuple[int, int], _ByCollection] = OrderedDict()
+        # The last live writes, framed, by selection and range: subscribers with the same
+        # filter that are at the same place send the same bytes, framed once.
+        self._framed: OrderedDict[tuple[object, ...], tuple[bytes, int, int]] = OrderedDict()
 
     def candidates(self, batch: CommitBatch, event_filter: EventFilter) -> Iterable[LogEvent]:
         """The events of ``batch`` that ``event_filter`` might want, in id order."""
@@ -297,6 +306,38 @@ class _Hub:
             if len(self._indexes) > INDEXED_BATCHES:
                 self._indexes.popitem(last=False)
         return index.select(event_filter.collections)
+
+    def may_want(self, batch: CommitBatch, event_filter: EventFilter) -> bool:
+        """False when no event of ``batch`` can pass ``event_filter`` (checked on exact
+        collections only: a subscriber on a rare collection is not woken by every commit)."""
+        if not event_filter.collections or event_filter.prefixes:
+            return True
+        return any(True for _ in self.candidates(batch, event_filter))
+
+    def framed(self, candidates: Sequence[LogEvent], options: Options
+               ) -> tuple[bytes, int, int] | None:
+        """The websocket frames of what ``options`` wants of ``candidates`` (a live
+        subscriber's next events), their number and the first one's ``time_us``; None when
+        they exceed one write.
+
+        The same filter over the same range of a batch always picks the same events (the
+        candidates are every event of that range the filter may want), so the result is
+        kept for the subscribers after the first.
+        """
+        f = options.filter
+        key = (f.collections, f.prefixes, f.repos, f.event_types, f.action,
+               options.max_message_size, candidates[0].id, candidates[-1].id, len(candidates))
+        hit = self._framed.get(key)
+        if hit is None:
+            chosen = [event for event in candidates if _wanted(event, options)]
+            if len(chosen) > WRITE_EVENTS or sum(len(e.json) for e in chosen) > WRITE_BYTES:
+                return None
+            hit = (frames([event.json for event in chosen]), len(chosen),
+                   chosen[0].time_us if chosen else 0)
+            self._framed[key] = hit
+            if len(self._framed) > FRAMED_WRITES:
+                self._framed.popitem(last=False)
+        return hit
 
 
 class Subscriber:
@@ -364,10 +405,6 @@ class Subscriber:
 
     # -- sending --------------------------------------------------------------------------
 
-    def _wanted(self, event: LogEvent, options: Options) -> bool:
-        return options.filter.matches(event) and not (
-            options.max_message_size and len(event.json) > options.max_message_size)
-
     async def _send(self, candidates: Sequence[LogEvent], read_with: Options | None = None
                     ) -> bool:
         """Send the ``candidates`` (in id order, after ``position``) the options want.
@@ -388,7 +425,7 @@ class Subscriber:
                     and size < WRITE_BYTES:
                 event = candidates[index]
                 index += 1
-                if self._wanted(event, options):
+                if _wanted(event, options):
                     chosen.append(event)
                     size += len(event.json)
             if chosen:
@@ -402,6 +439,28 @@ class Subscriber:
             self.position = candidates[index - 1].id
         return True
 
+    async def _send_live(self, candidates: Sequence[LogEvent]) -> None:
+        """``_send`` for a live subscriber: one write shared with the subscribers that have
+        the same filter, when it fits in one write and the socket takes frames whole."""
+        options = self.options
+        framed = self._hub.framed(candidates, options) if self._writer.batched else None
+        if framed is None:
+            await self._send(candidates)
+            return
+        data, count, first_time_us = framed
+        if count:
+            await trio.lowlevel.checkpoint_if_cancelled()  # as in _send
+            self._sending = (trio.current_time(), first_time_us)
+            await self._writer.write_framed(data)
+            self._sending = None
+            self._stats.subscribe_messages += count
+        self.position = candidates[-1].id
+
+    def _may_want(self, batch: CommitBatch) -> bool:
+        # With the options current when the batch is committed: an options_update applies
+        # to what is committed after it.
+        return self._hub.may_want(batch, self.options.filter)
+
     async def _pump(self) -> None:
         """Replay from the log, then follow the feed; back to pages when cut off."""
         await self._hello.wait()
@@ -410,7 +469,8 @@ class Subscriber:
                 # Catch up without a subscription first: a long replay would only
                 # overflow it.
                 await self._page()
-            with self._feed.subscribe(self._hub.limits.buffer_batches) as subscription:
+            with self._feed.subscribe(self._hub.limits.buffer_batches,
+                                      self._may_want) as subscription:
                 if self.position is None:
                     self.position = subscription.start
                 else:
@@ -430,7 +490,8 @@ class Subscriber:
                             break
                         candidates += hub.candidates(more, self.options.filter)
                         last_id = more.last_id
-                    await self._send(candidates)
+                    if candidates:
+                        await self._send_live(candidates)
                     self.position = max(self.position, last_id)
             # The channel ended: this subscriber was too slow for the feed and was cut off.
             self._stats.subscribe_fallbacks += 1

@@ -74,8 +74,14 @@ class MessageWriter:
             for payload in payloads:
                 await self._websocket.send(payload.decode())
             return
+        await self.write_framed(frames(payloads))
+
+    async def write_framed(self, data: bytes) -> None:
+        """Send text frames made by ``frames`` (only when ``batched``)."""
+        stream = self._stream
+        assert stream is not None, "write_framed needs hypercorn underneath (batched)"
         if stream.closed:
             return  # the client is gone; hypercorn drops what the app sends now, too
         if stream.state != ASGIWebsocketState.CONNECTED:
             raise RuntimeError(f"websocket is {stream.state.name}, not CONNECTED")
-        await stream.send(Data(stream_id=stream.stream_id, data=frames(payloads)))
+        await stream.send(Data(stream_id=stream.stream_id, data=data))

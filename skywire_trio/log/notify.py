@@ -46,13 +46,17 @@ class CommitBatch:
 class FeedSubscription:
     """A subscriber's view of the feed: batches of events with ids after ``start``."""
 
-    def __init__(self, feed: CommitFeed, start: int, capacity: int) -> None:
+    def __init__(self, feed: CommitFeed, start: int, capacity: int,
+                 wants: Callable[[CommitBatch], bool] | None) -> None:
         self.start = start
         self._feed = feed
+        self._wants = wants
         self._send, self.receive = trio.open_memory_channel[CommitBatch](capacity)
         self.overflowed = False
 
     def _offer(self, batch: CommitBatch) -> None:
+        if self._wants is not None and not self._wants(batch):
+            return  # nothing in it for this subscriber: do not wake it
         try:
             self._send.send_nowait(batch)
         except trio.WouldBlock:
@@ -82,14 +86,16 @@ class CommitFeed:
         self._subscribers: set[FeedSubscription] = set()
         self._moved = trio.Event()
 
-    def subscribe(self, capacity: int = 16) -> FeedSubscription:
-        """Receive every batch committed after the current ``head``, in order.
+    def subscribe(self, capacity: int = 16,
+                  wants: Callable[[CommitBatch], bool] | None = None) -> FeedSubscription:
+        """Receive every batch committed after the current ``head``, in order; with
+        ``wants``, only the batches for which it is true (called as each is committed).
 
         Readers that start behind subscribe *first*, then read pages from their own
         position up to ``subscription.start``, then follow the batches: nothing falls
         between the two.
         """
-        subscription = FeedSubscription(self, self.head, capacity)
+        subscription = FeedSubscription(self, self.head, capacity, wants)
         self._subscribers.add(subscription)
         return subscription
 
@@ -149,8 +155,16 @@ class CommitFeed:
             if scope.cancelled_caught:
                 async with self._store.session() as session:
                     await self._advance(await session.head())
-            else:
-                await self._advance(int(note))
+                continue
+            # Commits that were notified while the last batch was read and broadcast go
+            # out as one batch: one read, one wake-up per subscriber.
+            head = int(note)
+            while True:
+                try:
+                    head = max(head, int(notes.receive_nowait()))
+                except trio.WouldBlock:
+                    break
+            await self._advance(head)
 
 
 @asynccontextmanager
