@@ -1,9 +1,9 @@
 """Many /subscribe websockets on the real service process while it ingests at ~500 events/s.
 
-The issue asks for 500 concurrent subscribers; that is the benchmark's job
-(scripts/bench_subscribe.py). Here 100 subscribers (10 unfiltered, 90 on one collection
-each) share the machine's two cores with the service, PostgreSQL and the relay, and one
-more subscriber stalls on purpose.
+500 subscribers, as the issue asks (50 unfiltered, 450 on one collection each), share the
+machine's two cores with the service, PostgreSQL and the relay; one more subscriber stalls
+on purpose, and one never reads at all. Every one of the 500 must get every event its
+filter matches, in order.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ RATE = 500
 COLLECTIONS = ["app.bsky.feed.like", "app.bsky.feed.post", "app.bsky.feed.repost",
                "app.bsky.graph.follow", "app.bsky.graph.block", "app.bsky.actor.status",
                "fm.teal.alpha.actor.status"]
-UNFILTERED = 10
-SINGLE = 90
+UNFILTERED = 50
+SINGLE = 450
 
 
 def _too_slow(port: int) -> float:
