@@ -270,6 +270,10 @@ class _ByCollection:
             else:
                 self.collections.setdefault(event.collection, []).append(event)
 
+    def has_any(self, collections: tuple[str, ...]) -> bool:
+        """Whether ``select(collections)`` would give any event."""
+        return bool(self.exempt) or any(c in self.collections for c in collections)
+
     def select(self, collections: tuple[str, ...]) -> Iterable[LogEvent]:
         """The events a filter on exactly these collections can want, in id order."""
         lists = [self.collections[c] for c in collections if c in self.collections]
@@ -299,20 +303,23 @@ class _Hub:
         """The events of ``batch`` that ``event_filter`` might want, in id order."""
         if not event_filter.collections or event_filter.prefixes:
             return batch.events
-        key = (batch.after_id, batch.last_id)
-        index = self._indexes.get(key)
-        if index is None:
-            index = self._indexes[key] = _ByCollection(batch.events)
-            if len(self._indexes) > INDEXED_BATCHES:
-                self._indexes.popitem(last=False)
-        return index.select(event_filter.collections)
+        return self._index(batch).select(event_filter.collections)
 
     def may_want(self, batch: CommitBatch, event_filter: EventFilter) -> bool:
         """False when no event of ``batch`` can pass ``event_filter`` (checked on exact
         collections only: a subscriber on a rare collection is not woken by every commit)."""
         if not event_filter.collections or event_filter.prefixes:
             return True
-        return any(True for _ in self.candidates(batch, event_filter))
+        return self._index(batch).has_any(event_filter.collections)
+
+    def _index(self, batch: CommitBatch) -> _ByCollection:
+        key = (batch.after_id, batch.last_id)
+        index = self._indexes.get(key)
+        if index is None:
+            index = self._indexes[key] = _ByCollection(batch.events)
+            if len(self._indexes) > INDEXED_BATCHES:
+                self._indexes.popitem(last=False)
+        return index
 
     def framed(self, candidates: Sequence[LogEvent], options: Options
                ) -> tuple[bytes, int, int] | None:
