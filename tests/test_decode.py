@@ -113,6 +113,13 @@ def test_invalid_utf8_record_keeps_the_event():
     assert row.record is None and "undecodable" in row.record_error and row.raw == bad
 
 
+@pytest.mark.parametrize("record", [["a", "list"], 7, "text", None])
+def test_a_record_that_is_not_a_map_keeps_the_event(record):
+    [row] = decode_frame(_commit([record])).rows
+    assert row.record is None and row.record_error.endswith("not a map")
+    assert dag_cbor.decode(row.raw) == record and row.rkey == "r0"
+
+
 def test_deeply_nested_record_is_an_error_not_a_crash():
     nested: object = "leaf"
     for _ in range(300):

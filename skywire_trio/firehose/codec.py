@@ -239,6 +239,9 @@ def _decode_record(block: bytes | None) -> tuple[str | None, str | None, bytes |
     except (cbor2.CBORDecodeError, FrameError, RecursionError) as exc:
         # The message is stored in a text column: never let it carry a NUL.
         return None, f"undecodable record: {exc}".replace("\x00", "\\u0000"), block
+    if not isinstance(value, dict):
+        # An atproto record is a map; the API serves `record` as a JSON object.
+        return None, f"record is a CBOR {type(value).__name__}, not a map", block
     text, error = _record_json(value)
     return text, error, (block if text is None else None)
 
