@@ -258,6 +258,11 @@ def _wanted(event: LogEvent, options: Options) -> bool:
         options.max_message_size and len(event.json) > options.max_message_size)
 
 
+def _on_exact_collections(event_filter: EventFilter) -> bool:
+    """Whether the filter names collections, and only exact ones (the index serves it)."""
+    return bool(event_filter.collections) and not event_filter.prefixes
+
+
 class _ByCollection:
     """One committed batch's events by collection, built once for every subscriber."""
 
@@ -301,14 +306,14 @@ class _Hub:
 
     def candidates(self, batch: CommitBatch, event_filter: EventFilter) -> Iterable[LogEvent]:
         """The events of ``batch`` that ``event_filter`` might want, in id order."""
-        if not event_filter.collections or event_filter.prefixes:
+        if not _on_exact_collections(event_filter):
             return batch.events
         return self._index(batch).select(event_filter.collections)
 
     def may_want(self, batch: CommitBatch, event_filter: EventFilter) -> bool:
         """False when no event of ``batch`` can pass ``event_filter`` (checked on exact
         collections only: a subscriber on a rare collection is not woken by every commit)."""
-        if not event_filter.collections or event_filter.prefixes:
+        if not _on_exact_collections(event_filter):
             return True
         return self._index(batch).has_any(event_filter.collections)
 
