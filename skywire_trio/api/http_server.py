@@ -163,6 +163,14 @@ class _Connection(TCPServer):
             # a 400.
             await self.idle_task.stop()
 
+    def write_now(self, data: bytes) -> int:
+        """Write what the socket takes of ``data`` right now, without waiting or yielding:
+        the bytes written, 0 when the write has to take ``protocol_send``'s path (another
+        write holds the connection, the socket is full or gone)."""
+        if self.send_lock.locked():
+            return 0
+        return _write_now(self.stream, data) or 0
+
     async def protocol_send(self, event: Event) -> None:
         """As hypercorn's, with the idle timer's changes shielded and bounded writes."""
         if isinstance(event, Updated):

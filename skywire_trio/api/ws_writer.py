@@ -44,6 +44,10 @@ def frames(payloads: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+class _DirectWriter(Protocol):
+    def write_now(self, data: bytes) -> int: ...
+
+
 def _hypercorn_stream(websocket: object) -> WSStream | None:
     """hypercorn's stream behind a Quart websocket, if that is what serves it."""
     # Quart keeps the ASGI send callable as partial(send_data, send); hypercorn's send is
@@ -55,12 +59,22 @@ def _hypercorn_stream(websocket: object) -> WSStream | None:
     return stream if isinstance(stream, WSStream) else None
 
 
+def _connection(stream: WSStream | None) -> _DirectWriter | None:
+    """Our HTTP server's connection under ``stream`` (``http_server._Connection``), if that
+    is what serves it: hypercorn hands the stream its protocol's ``stream_send``, and the
+    protocol its connection's ``protocol_send``."""
+    protocol = getattr(getattr(stream, "send", None), "__self__", None)
+    connection = getattr(getattr(protocol, "send", None), "__self__", None)
+    return connection if callable(getattr(connection, "write_now", None)) else None
+
+
 class MessageWriter:
     """Sends JSON texts (UTF-8 bytes) as websocket text messages, in order."""
 
     def __init__(self, websocket: _QuartWebsocket) -> None:
         self._websocket = websocket
         self._stream = _hypercorn_stream(websocket)
+        self._connection = _connection(self._stream)
 
     @property
     def batched(self) -> bool:
@@ -85,3 +99,14 @@ class MessageWriter:
         if stream.state != ASGIWebsocketState.CONNECTED:
             raise RuntimeError(f"websocket is {stream.state.name}, not CONNECTED")
         await stream.send(Data(stream_id=stream.stream_id, data=data))
+
+    def write_now(self, data: bytes) -> int:
+        """Write what the socket takes of ``data`` (made by ``frames``) right now, without
+        waiting or yielding; returns the bytes written. 0 means nothing was, and the data
+        must go through ``write_framed`` (a write in flight, a full socket, a closed or
+        closing websocket, or a server other than ours)."""
+        stream, connection = self._stream, self._connection
+        if stream is None or connection is None or stream.closed \
+                or stream.state != ASGIWebsocketState.CONNECTED:
+            return 0
+        return connection.write_now(data)

@@ -47,16 +47,20 @@ class FeedSubscription:
     """A subscriber's view of the feed: batches of events with ids after ``start``."""
 
     def __init__(self, feed: CommitFeed, start: int, capacity: int,
-                 wants: Callable[[CommitBatch], bool] | None) -> None:
+                 wants: Callable[[CommitBatch], bool] | None,
+                 deliver: Callable[[CommitBatch], bool] | None = None) -> None:
         self.start = start
         self._feed = feed
         self._wants = wants
+        self._deliver = deliver
         self._send, self.receive = trio.open_memory_channel[CommitBatch](capacity)
         self.overflowed = False
 
     def _offer(self, batch: CommitBatch) -> None:
         if self._wants is not None and not self._wants(batch):
             return  # nothing in it for this subscriber: do not wake it
+        if self._deliver is not None and self._deliver(batch):
+            return  # dealt with on the spot, without waking the subscriber's task
         try:
             self._send.send_nowait(batch)
         except trio.WouldBlock:
@@ -87,15 +91,19 @@ class CommitFeed:
         self._moved = trio.Event()
 
     def subscribe(self, capacity: int = 16,
-                  wants: Callable[[CommitBatch], bool] | None = None) -> FeedSubscription:
+                  wants: Callable[[CommitBatch], bool] | None = None,
+                  deliver: Callable[[CommitBatch], bool] | None = None) -> FeedSubscription:
         """Receive every batch committed after the current ``head``, in order; with
         ``wants``, only the batches for which it is true (called as each is committed).
+        ``deliver`` is offered each such batch first, on the feed's task, and returns
+        True when it has dealt with it, so that it is not queued (it must not block, and
+        must return False whenever something is still queued for this subscriber).
 
         Readers that start behind subscribe *first*, then read pages from their own
         position up to ``subscription.start``, then follow the batches: nothing falls
         between the two.
         """
-        subscription = FeedSubscription(self, self.head, capacity, wants)
+        subscription = FeedSubscription(self, self.head, capacity, wants, deliver)
         self._subscribers.add(subscription)
         return subscription
 
