@@ -142,7 +142,7 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
         async with reader.open_read_store(settings.database_url,
                                           settings.api_pool_size) as read_store, \
                 trio.open_nursery() as nursery:
-            feed = CommitFeed(read_store)
+            feed = CommitFeed()
             await nursery.start(feed.run, settings, stats.tasks)
             status = StatusSources(History(), warnings, mask_password(settings.subscribe_url))
             await nursery.start(watch_progress, stats, status.history,

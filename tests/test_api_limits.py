@@ -268,7 +268,7 @@ async def _api_as(url: str, nursery: trio.Nursery) -> str:
 
     async def run(*, task_status: trio.TaskStatus[str]) -> None:
         async with trio_asyncio.open_loop(), reader.open_read_store(url) as store:
-            await serve_api(settings, IngestStats(), store, CommitFeed(store),
+            await serve_api(settings, IngestStats(), store, CommitFeed(),
                             task_status=task_status)
 
     return await nursery.start(run)

@@ -62,8 +62,8 @@ async def test_matches_agrees_with_sql(database):
 async def test_feed_broadcasts_each_commit_once_in_order(database):
     frames = relay_frames()
     async with trio_asyncio.open_loop():
-        async with reader.open_read_store(database) as store, trio.open_nursery() as nursery:
-            feed = CommitFeed(store)
+        async with trio.open_nursery() as nursery:
+            feed = CommitFeed()
             await nursery.start(feed.run, Settings(database_url=database), {})
             fast = feed.subscribe(capacity=1000)
             slow = feed.subscribe(capacity=1)

@@ -22,6 +22,7 @@ import dataclasses
 import heapq
 import json
 import logging
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -289,6 +290,15 @@ class _ByCollection:
         return heapq.merge(*lists, key=attrgetter("id"))
 
 
+@dataclasses.dataclass
+class _TokenCheck:
+    """One look at a token's revocation, shared by the subscribers that hold the token."""
+
+    at: float
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    revoked: bool = False
+
+
 class _Hub:
     """What the subscribers of one app share: the state, the limits, who is connected."""
 
@@ -303,6 +313,29 @@ class _Hub:
         # The last live writes, framed, by selection and range: subscribers with the same
         # filter that are at the same place send the same bytes, framed once.
         self._framed: OrderedDict[tuple[object, ...], tuple[bytes, int, int]] = OrderedDict()
+        # By token hash (tokens are few): subscribers connected together fall due together.
+        self._token_checks: dict[bytes, _TokenCheck] = {}
+
+    async def revoked(self, token: Token) -> bool:
+        """Whether ``token`` has been revoked or deleted: one query per token at most every
+        quarter of ``token_recheck``, however many subscribers hold it and ask."""
+        now = trio.current_time()
+        check = self._token_checks.get(token.token_hash)
+        if check is not None and (not check.done.is_set()
+                                  or now - check.at < self.limits.token_recheck / 4):
+            await check.done.wait()  # if that look failed, its asker closes; these go on
+            return check.revoked
+        check = self._token_checks[token.token_hash] = _TokenCheck(now)
+        try:
+            async with self.state.store.session() as session:
+                stored = await session.token(token.token_hash)
+            check.revoked = stored is None or stored.revoked
+        except BaseException:
+            check.at = -math.inf  # the next asker looks again
+            raise
+        finally:
+            check.done.set()
+        return check.revoked
 
     def candidates(self, batch: CommitBatch, event_filter: EventFilter) -> Iterable[LogEvent]:
         """The events of ``batch`` that ``event_filter`` might want, in id order."""
@@ -616,7 +649,6 @@ class Subscriber:
 
     async def _watch(self) -> None:
         limits = self._hub.limits
-        state = self._hub.state
         checked = trio.current_time()
         while True:
             # Each bound is checked at least four times over its length (one timer a
@@ -636,9 +668,7 @@ class Subscriber:
                 return
             if now - checked >= limits.token_recheck:
                 checked = now
-                async with state.store.session() as session:
-                    stored = await session.token(self.token.token_hash)
-                if stored is None or stored.revoked:
+                if await self._hub.revoked(self.token):
                     self._fail(UNAUTHORIZED, "revoked_token: this token has been revoked")
                     return
 

@@ -4,7 +4,9 @@ Every in-process reader of the log (long-polls, websocket subscribers, webhook d
 the publisher) follows commits through one ``CommitFeed``: a single connection LISTENs for
 the writer's notifications, and each committed range of ids is read once and broadcast
 to the subscribers, which match it in memory. A thousand waiting readers therefore cost
-one query per commit, not a thousand.
+one query per commit, not a thousand. The reads go over the listening connection, not the
+readers' pool: everything live waits on them, so they must not queue behind requests
+(1,100 websocket token checks falling due together held up every subscriber for 9 s).
 
 A subscriber that cannot keep up is cut off (its channel is closed) rather than slowing
 the feed or the others; it then reads pages of its own from the log and subscribes again.
@@ -23,7 +25,7 @@ import triopg
 from ..config import Settings
 from ..supervise import TaskHealth, supervise
 from ..types import LogEvent
-from .reader import ReadStore
+from .reader import ReadSession
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,7 @@ class FeedSubscription:
 class CommitFeed:
     """Follows the log's head and broadcasts each committed batch to its subscribers."""
 
-    def __init__(self, store: ReadStore, head: int = 0) -> None:
-        self._store = store
+    def __init__(self, head: int = 0) -> None:
         self.head = head
         self._subscribers: set[FeedSubscription] = set()
         self._moved = trio.Event()
@@ -117,13 +118,12 @@ class CommitFeed:
         """How many subscriptions are open."""
         return len(self._subscribers)
 
-    async def _advance(self, new_head: int) -> None:
+    async def _advance(self, session: ReadSession, new_head: int) -> None:
         while self.head < new_head:
             upper = min(new_head, self.head + READ_STEP)
             events: list[LogEvent] = []
             if self._subscribers:
-                async with self._store.session() as session:
-                    events = await session.event_range(self.head, upper)
+                events = await session.event_range(self.head, upper)
             batch = CommitBatch(self.head, upper, events)
             self.head = upper
             for subscription in list(self._subscribers):
@@ -142,27 +142,26 @@ class CommitFeed:
 
         async def follow(ready: Callable[[], None]) -> None:
             nonlocal listening
-            async with self._store.session() as session:
-                head = await session.head()
-            if not listening:
-                # Readers start at the head as it is now, not at id 0.
-                self.head = max(self.head, head)
-            await self._advance(head)
             assert settings.database_url is not None
-            async with listen_commits(settings.database_url) as notes:
+            async with listen_commits(settings.database_url) as (session, notes):
+                head = await session.head()
+                if not listening:
+                    # Readers start at the head as it is now, not at id 0.
+                    self.head = max(self.head, head)
+                await self._advance(session, head)
                 listening = True
                 ready()
-                await self._follow(notes)
+                await self._follow(session, notes)
 
         await supervise("commit-feed", follow, settings, tasks, task_status=task_status)
 
-    async def _follow(self, notes: trio.MemoryReceiveChannel[str]) -> None:
+    async def _follow(self, session: ReadSession,
+                      notes: trio.MemoryReceiveChannel[str]) -> None:
         while True:
             with trio.move_on_after(RECHECK_SECONDS) as scope:
                 note = await notes.receive()
             if scope.cancelled_caught:
-                async with self._store.session() as session:
-                    await self._advance(await session.head())
+                await self._advance(session, await session.head())
                 continue
             # Commits that were notified while the last batch was read and broadcast go
             # out as one batch: one read, one wake-up per subscriber.
@@ -172,12 +171,14 @@ class CommitFeed:
                     head = max(head, int(notes.receive_nowait()))
                 except trio.WouldBlock:
                     break
-            await self._advance(head)
+            await self._advance(session, head)
 
 
 @asynccontextmanager
-async def listen_commits(database_url: str) -> AsyncIterator[trio.MemoryReceiveChannel[str]]:
-    """Notifications sent by each committed batch (payload: the new last id)."""
-    async with triopg.connect(database_url) as conn, conn.listen(
+async def listen_commits(database_url: str) -> AsyncIterator[
+        tuple[ReadSession, trio.MemoryReceiveChannel[str]]]:
+    """A connection of its own, and the notifications sent by each committed batch over it
+    (payload: the new last id)."""
+    async with triopg.connect(database_url, command_timeout=10) as conn, conn.listen(
             NOTIFY_CHANNEL, max_buffer_size=16) as notes:
-        yield notes
+        yield ReadSession(conn), notes
