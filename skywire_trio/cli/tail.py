@@ -74,7 +74,7 @@ async def _follow(settings: Settings, event_filter: EventFilter, from_head: bool
     assert settings.database_url is not None
     async with trio_asyncio.open_loop(), open_read_store(settings.database_url, 2) as store, \
             trio.open_nursery() as nursery:
-        feed = CommitFeed(store)
+        feed = CommitFeed()
         await nursery.start(feed.run, settings, {})
         since = feed.head if from_head else event_filter.since
         print(f"tail: following the log after id {since} (Ctrl-C to stop)", file=sys.stderr,
