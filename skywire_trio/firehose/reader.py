@@ -1,9 +1,10 @@
 """The reader: one upstream connection, through the receiver process, onto the batcher's channel.
 
-The websocket lives in a child process (``receiver``) so that it uses the second core; this
-side decodes the messages it pipes over and puts the frames on the bounded channel. One call is
-one connection. It returns only by raising: ``UpstreamError`` when the connection ends or
-misbehaves (the caller drains the batcher and reconnects from the committed cursor),
+The websocket and the decoder live in a child process (``receiver``) so that they use the
+second core; this side takes the decoded frames it pipes over, drops what the log already
+holds, and puts the rest on the bounded channel. One call is one connection. It returns
+only by raising: ``UpstreamError`` when the connection ends or misbehaves (the caller
+drains the batcher and reconnects from the committed cursor),
 ``BufferOverflow`` when the batcher cannot keep up (the caller tears ingestion down and
 restarts it from the committed cursor).
 """
@@ -18,8 +19,20 @@ import trio
 from .. import deadletter
 from ..config import Settings
 from ..stats import IngestStats
-from .codec import Frame, FrameError, decode_frame
-from .receiver import BINARY, COMMAND, CONNECTED, LOG, PONG, TEXT, RecordBuffer, decode_log
+from .codec import Frame
+from .receiver import (
+    COMMAND,
+    CONNECTED,
+    FRAMES,
+    LOG,
+    PONG,
+    REJECTED,
+    TEXT,
+    RecordBuffer,
+    decode_frames,
+    decode_log,
+    decode_rejected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +111,14 @@ async def _read_records(stdout: trio.abc.ReceiveStream, url: str, last_seq: int 
     while data := await stdout.receive_some(PIPE_READ_BYTES):
         frames = False
         for kind, payload in records.feed(data):
-            if kind == BINARY:
+            if kind == FRAMES:
                 frames = True
-                last_seq = await _accept(payload, last_seq, send, settings, stats)
+                for frame in decode_frames(payload):
+                    last_seq = await _accept(frame, last_seq, send, settings, stats)
+            elif kind == REJECTED:
+                frames = True
+                reason, message = decode_rejected(payload)
+                _reject(message, reason, settings, stats)
             elif kind == PONG:
                 _pong(float(payload), stats)
             elif kind == LOG:
@@ -151,19 +169,10 @@ def _reject(message: bytes, reason: str, settings: Settings, stats: IngestStats)
     log.warning("rejected a frame (%s); bytes saved to %s", reason[:500], path)
 
 
-async def _accept(message: bytes, last_seq: int | None, send: trio.MemorySendChannel[Frame],
+async def _accept(frame: Frame, last_seq: int | None, send: trio.MemorySendChannel[Frame],
                   settings: Settings, stats: IngestStats) -> int | None:
-    try:
-        frame = decode_frame(message)
-    except FrameError as exc:
-        _reject(message, str(exc), settings, stats)
-        return last_seq
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop ingest on one frame
-        log.exception("the decoder failed on a frame; dead-lettering it")
-        _reject(message, f"decoder error {type(exc).__name__}: {exc}", settings, stats)
-        return last_seq
     stats.frames_in += 1
-    stats.bytes_in += len(message)
+    stats.bytes_in += len(frame.data)
     if frame.kind == "error":
         raise _handle_error_frame(frame, last_seq)
     if frame.kind == "info":

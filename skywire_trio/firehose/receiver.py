@@ -1,17 +1,23 @@
-"""The receiver: the child process that holds the upstream websocket and pipes its messages.
+"""The receiver: the child process that holds the upstream websocket, decodes its frames and
+pipes them to the service.
 
 Why a process: on one thread the service spent ~72 us of CPU per frame, a third of it in
 trio-websocket and wsproto, so it could not commit 15,000 events/s. Here the websocket
-runs on the other core; the service decodes and commits. The websocket itself is our own
-small client (``wsclient``): trio-websocket cost this process ~33 us a message, our client
-a few, which leaves that core to PostgreSQL and the rest.
+runs on the other core, and so does decoding (about half of what the service's thread
+spent per frame): the service's thread, which also serves the API, only checks the frames'
+order and commits them. The websocket itself is our own small client (``wsclient``):
+trio-websocket cost this process ~33 us a message, our client a few.
 
 Started by the reader as ``COMMAND + [URL, READ_TIMEOUT, PING_INTERVAL]``. One process is
 one connection. It writes records to stdout, each a u32 big-endian length, a kind byte and a
 payload, in order:
 
 - ``CONNECTED`` (no payload) once the websocket is open;
-- ``BINARY`` / ``TEXT``: one websocket message, as received (text as UTF-8);
+- ``FRAMES``: decoded binary messages, in order (a pickled list of ``Frame`` fields, from
+  one socket read);
+- ``REJECTED``: a binary message that is not a frame we can store (payload: u32 length of
+  the reason, the reason in UTF-8, then the message as received), for the dead letters;
+- ``TEXT``: a text message, as received (UTF-8), which the service rejects;
 - ``PONG``: the upstream answered a ping (payload: the round trip in seconds, ASCII);
 - ``LOG``: a log line of this process (``<levelno> <logger name> <message>``, UTF-8), which
   the service logs through its own handlers, so it comes out in the service's format;
@@ -29,10 +35,12 @@ how it learns that the service stopped or died (even by SIGKILL). A full stdout 
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import math
 import os
+import pickle
 import signal
 import struct
 import sys
@@ -40,6 +48,7 @@ import traceback
 
 import trio
 
+from .codec import Frame, FrameError, decode_frame
 from .wsclient import ConnectionClosed, WebSocket, WebSocketError, connect
 
 # Headroom over the spec's 5 MB frame cap: a larger frame still reaches the decoder, which
@@ -57,8 +66,11 @@ PENDING_CHUNKS = 16
 COALESCE = 0.002
 PIPE_BYTES = 1024 * 1024
 
-CONNECTED, BINARY, TEXT, PONG, LOG, CLOSED = b"c", b"b", b"t", b"p", b"l", b"x"
+CONNECTED, FRAMES, REJECTED, TEXT, PONG, LOG, CLOSED = (
+    b"c", b"f", b"r", b"t", b"p", b"l", b"x")
 _HEADER = struct.Struct(">Ic")
+_REASON = struct.Struct(">I")
+_FRAME_FIELDS = tuple(field.name for field in dataclasses.fields(Frame))
 COMMAND = [sys.executable, "-m", "skywire_trio.firehose.receiver"]
 # Run as __main__, so named explicitly: its lines reach the service's log under this name.
 log = logging.getLogger("skywire_trio.firehose.receiver")
@@ -67,6 +79,59 @@ log = logging.getLogger("skywire_trio.firehose.receiver")
 def encode_record(kind: bytes, payload: bytes = b"") -> bytes:
     """One record as written to the pipe."""
     return _HEADER.pack(len(payload), kind) + payload
+
+
+def encode_frames(frames: list[Frame]) -> bytes:
+    """A ``FRAMES`` record: the frames' fields as tuples (a frozen dataclass with slots
+    pickles several times slower than the tuple of its fields)."""
+    fields = [tuple(getattr(frame, name) for name in _FRAME_FIELDS) for frame in frames]
+    return encode_record(FRAMES, pickle.dumps(fields, pickle.HIGHEST_PROTOCOL))
+
+
+def decode_frames(payload: bytes) -> list[Frame]:
+    """The frames of a ``FRAMES`` record. Only for the pipe from our own child process:
+    unpickling runs code named in the data."""
+    return [Frame(*fields) for fields in pickle.loads(payload)]
+
+
+def encode_rejected(message: bytes, reason: str) -> bytes:
+    """A ``REJECTED`` record."""
+    text = reason.encode("utf-8", "replace")
+    return encode_record(REJECTED, _REASON.pack(len(text)) + text + message)
+
+
+def decode_rejected(payload: bytes) -> tuple[str, bytes]:
+    """The reason and the message of a ``REJECTED`` record."""
+    (length,) = _REASON.unpack_from(payload)
+    end = _REASON.size + length
+    return payload[_REASON.size:end].decode("utf-8", "replace"), payload[end:]
+
+
+def _decoded(messages: list[tuple[bool, bytes]]) -> bytes:
+    """The records for the messages of one socket read, in order: runs of decoded frames
+    as one ``FRAMES`` record each, and the messages that are not frames as they are."""
+    records: list[bytes] = []
+    frames: list[Frame] = []
+    for is_text, payload in messages:
+        record = None
+        if is_text:
+            record = encode_record(TEXT, payload)
+        else:
+            try:
+                frames.append(decode_frame(payload))
+            except FrameError as exc:
+                record = encode_rejected(payload, str(exc))
+            except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop ingest
+                log.exception("the decoder failed on a frame; dead-lettering it")
+                record = encode_rejected(payload, f"decoder error {type(exc).__name__}: {exc}")
+        if record is not None:
+            if frames:
+                records.append(encode_frames(frames))
+                frames = []
+            records.append(record)
+    if frames:
+        records.append(encode_frames(frames))
+    return b"".join(records)
 
 
 class RecordBuffer:
@@ -167,7 +232,6 @@ async def _messages(ws: WebSocket, send: trio.MemorySendChannel[bytes], life: _L
     # most every `step`: silence is detected between timeout and timeout + step.
     step = min(1.0, timeout / 4)
     refresh_at = -math.inf
-    header = _HEADER.pack
     while True:
         now = trio.current_time()
         if now >= refresh_at:
@@ -182,11 +246,7 @@ async def _messages(ws: WebSocket, send: trio.MemorySendChannel[bytes], life: _L
             return f"upstream broke the websocket protocol: {exc}"
         except (trio.BrokenResourceError, OSError) as exc:
             return f"the connection to the upstream failed: {exc!r}"
-        parts = []
-        for is_text, payload in messages:
-            parts.append(header(len(payload), TEXT if is_text else BINARY))
-            parts.append(payload)
-        chunk = b"".join(parts)
+        chunk = _decoded(messages)
         try:
             send.send_nowait(chunk)
         except trio.WouldBlock:
