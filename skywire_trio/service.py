@@ -29,7 +29,6 @@ later is cancelled; a second signal cancels at once.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +38,7 @@ from functools import partial
 import trio
 import trio_asyncio
 
+from . import gctune
 from .api.server import serve_api
 from .api.status_page import StatusSources
 from .config import Settings, mask_password
@@ -217,8 +217,9 @@ async def run_until_signal(settings: Settings) -> None:
             # Everything alive now (imports, the app, ~130,000 objects) lives as long as the
             # process: take it out of the garbage collector's full passes, which otherwise
             # walked it every few seconds at live commit rates (50-100 ms pauses of the
-            # whole service, ingest included; docs/performance.md).
-            gc.freeze()
+            # whole service, ingest included; docs/performance.md); and collect the young
+            # generation less often (gctune.py).
+            gctune.settle()
             log.info("skywire-trio running as role %s%s", settings.role,
                      f"; ingesting from {settings.subscribe_url} when leader"
                      if settings.runs_ingest else "")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skywire_trio.firehose.codec import decode_frame
+from skywire_trio.firehose.codec import Frame, Row, decode_frame
 from skywire_trio.firehose.receiver import (
     CLOSED,
     CONNECTED,
@@ -52,6 +52,9 @@ def test_decoded_messages_keep_their_order_and_every_byte():
     frames = [f for kind, p in records if kind == FRAMES for f in decode_frames(p)]
     assert frames == [decode_frame(m) for m in (valid[0], valid[1], valid[2], valid[4])]
     assert [f.data for f in frames] == [valid[0], valid[1], valid[2], valid[4]]
+    # Rebuilt as the named tuples themselves, not plain tuples that compare equal.
+    assert {type(f) for f in frames} == {Frame}
+    assert {type(r) for f in frames for r in f.rows} == {Row}
     rejected = [decode_rejected(p) for kind, p in records if kind == REJECTED]
     assert [message for _, message in rejected] == [b"\xa1not a frame", valid[3][:40]]
     assert all(reason for reason, _ in rejected)

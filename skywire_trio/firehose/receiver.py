@@ -35,7 +35,6 @@ how it learns that the service stopped or died (even by SIGKILL). A full stdout 
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import logging
 import math
@@ -45,10 +44,12 @@ import signal
 import struct
 import sys
 import traceback
+from functools import partial
 
 import trio
 
-from .codec import Frame, FrameError, decode_frame
+from .. import gctune
+from .codec import Frame, FrameError, Row, decode_frame
 from .wsclient import ConnectionClosed, WebSocket, WebSocketError, connect
 
 # Headroom over the spec's 5 MB frame cap: a larger frame still reaches the decoder, which
@@ -70,7 +71,11 @@ CONNECTED, FRAMES, REJECTED, TEXT, PONG, LOG, CLOSED = (
     b"c", b"f", b"r", b"t", b"p", b"l", b"x")
 _HEADER = struct.Struct(">Ic")
 _REASON = struct.Struct(">I")
-_FRAME_FIELDS = tuple(field.name for field in dataclasses.fields(Frame))
+# Named tuples rebuilt from plain tuples by tuple.__new__ itself: their own constructors
+# (and pickle's way with them) run Python code for every row, which cost more than
+# decoding the pickle (py-spy; docs/performance.md).
+_row = partial(tuple.__new__, Row)
+_frame = partial(tuple.__new__, Frame)
 COMMAND = [sys.executable, "-m", "skywire_trio.firehose.receiver"]
 # Run as __main__, so named explicitly: its lines reach the service's log under this name.
 log = logging.getLogger("skywire_trio.firehose.receiver")
@@ -82,16 +87,17 @@ def encode_record(kind: bytes, payload: bytes = b"") -> bytes:
 
 
 def encode_frames(frames: list[Frame]) -> bytes:
-    """A ``FRAMES`` record: the frames' fields as tuples (a frozen dataclass with slots
-    pickles several times slower than the tuple of its fields)."""
-    fields = [tuple(getattr(frame, name) for name in _FRAME_FIELDS) for frame in frames]
-    return encode_record(FRAMES, pickle.dumps(fields, pickle.HIGHEST_PROTOCOL))
+    """A ``FRAMES`` record: each frame, and each of its rows, as a plain tuple."""
+    plain = [(kind, seq, list(map(tuple, rows)), error, message, data)
+             for kind, seq, rows, error, message, data in frames]
+    return encode_record(FRAMES, pickle.dumps(plain, pickle.HIGHEST_PROTOCOL))
 
 
 def decode_frames(payload: bytes) -> list[Frame]:
     """The frames of a ``FRAMES`` record. Only for the pipe from our own child process:
     unpickling runs code named in the data."""
-    return [Frame(*fields) for fields in pickle.loads(payload)]
+    return [_frame((kind, seq, list(map(_row, rows)), error, message, data))
+            for kind, seq, rows, error, message, data in pickle.loads(payload)]
 
 
 def encode_rejected(message: bytes, reason: str) -> bytes:
@@ -340,6 +346,7 @@ if __name__ == "__main__":
         fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (AttributeError, OSError):
         pass
+    gctune.settle()
     try:
         trio.run(main, sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))
     except* (trio.BrokenResourceError, BrokenPipeError):
