@@ -120,6 +120,7 @@ def stream_messages(url: str | list[str], stream: str = "SKYWIRE",
 
     async def read() -> list[tuple[str, dict, bytes]]:
         import nats
+        import nats.js.errors
 
         nc = await nats.connect(servers=url if isinstance(url, list) else [url])
         try:
@@ -129,11 +130,19 @@ def stream_messages(url: str | list[str], stream: str = "SKYWIRE",
             if not info.state.messages:
                 return out
             sub = await js.pull_subscribe(subjects, stream=stream)
+            unavailable_until = asyncio.get_running_loop().time() + 30
             while True:
                 try:
                     batch = await sub.fetch(1000, timeout=1)
                 except nats.errors.TimeoutError:  # nothing matches the filter
                     break
+                except nats.js.errors.ServiceUnavailableError:
+                    # 503: the new consumer has no leader yet (a cluster that has just lost
+                    # a node is still electing one); a client waits and asks again.
+                    if asyncio.get_running_loop().time() > unavailable_until:
+                        raise
+                    await asyncio.sleep(0.5)
+                    continue
                 for msg in batch:
                     out.append((msg.subject, dict(msg.headers or {}), msg.data))
                     await msg.ack()  # up to max_ack_pending unacked, then one at a time
