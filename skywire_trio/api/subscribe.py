@@ -503,20 +503,31 @@ class Subscriber:
         data, count, first_time_us = framed
         if count:
             await trio.lowlevel.checkpoint_if_cancelled()  # as in _send
-            self._sending = (trio.current_time(), first_time_us)
-            await self._writer.write_framed(data)
-            self._sending = None
+            await self._write_framed(data, first_time_us)
             self._stats.subscribe_messages += count
         self.position = candidates[-1].id
+
+    async def _write_framed(self, data: bytes, first_time_us: int) -> None:
+        """Write frames (from ``frames``), watched by the bounds while the socket waits."""
+        self._sending = (trio.current_time(), first_time_us)
+        await self._writer.write_framed(data)
+        self._sending = None
 
     async def _write_unsent(self) -> None:
         """Finish the write that ``_deliver`` could only start."""
         if self._unsent is not None:
             data, first_time_us = self._unsent
             self._unsent = None
-            self._sending = (trio.current_time(), first_time_us)
-            await self._writer.write_framed(data)
-            self._sending = None
+            await self._write_framed(data, first_time_us)
+
+    def _candidates(self, batch: CommitBatch) -> list[LogEvent]:
+        """The events of ``batch`` after ``position`` the filter may want, in id order (a
+        list the caller must not change: it can be the batch's own)."""
+        assert self.position is not None
+        candidates = self._hub.candidates(batch, self.options.filter)
+        if batch.after_id < self.position:
+            return [event for event in candidates if event.id > self.position]
+        return candidates if isinstance(candidates, list) else list(candidates)
 
     def _deliver(self, batch: CommitBatch) -> bool:
         """Write a live batch from the feed's task, without waking this subscriber's task;
@@ -531,11 +542,7 @@ class Subscriber:
         if not self._parked or self._closing is not None or self.position is None:
             return False
         self._parked = False  # until it is known that the batch was dealt with here
-        candidates = self._hub.candidates(batch, self.options.filter)
-        if batch.after_id < self.position:
-            candidates = [event for event in candidates if event.id > self.position]
-        elif not isinstance(candidates, list):
-            candidates = list(candidates)
+        candidates = self._candidates(batch)
         if candidates:
             framed = self._hub.framed(candidates, self.options)
             if framed is None:
@@ -589,17 +596,15 @@ class Subscriber:
                     finally:
                         self._parked = False
                     await self._write_unsent()
-                    hub = self._hub
-                    candidates = [e for e in hub.candidates(batch, self.options.filter)
-                                  if e.id > self.position]
+                    candidates = self._candidates(batch)
                     last_id = batch.last_id
                     # Commits already waiting go out in the same write.
                     while len(candidates) < WRITE_EVENTS:
                         try:
-                            more = subscription.receive.receive_nowait()
+                            more = receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                        candidates += hub.candidates(more, self.options.filter)
+                        candidates = [*candidates, *self._candidates(more)]
                         last_id = more.last_id
                     if candidates:
                         await self._send_live(candidates)
