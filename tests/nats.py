@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,6 +114,23 @@ def run_asyncio(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
+async def _while_recovering(call: Callable[[], Awaitable[T]], *faults: type[Exception],
+                            seconds: float = 30.0) -> T:
+    """``await call()``, again every 0.5 s while it fails with ``faults``, for up to
+    ``seconds``: a cluster that has just lost a node is still electing leaders (the meta
+    group's, a new consumer's) and meanwhile answers 503 or not at all, and a client waits
+    and asks again."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while True:
+        try:
+            return await call()
+        except faults:
+            if loop.time() > until:
+                raise
+            await asyncio.sleep(0.5)
+
+
 def stream_messages(url: str | list[str], stream: str = "SKYWIRE",
                     subjects: str = "atproto.firehose.>") -> list[tuple[str, dict, bytes]]:
     """Every message in ``stream``: (subject, headers, body), in stream order."""
@@ -129,20 +146,15 @@ def stream_messages(url: str | list[str], stream: str = "SKYWIRE",
             out = []
             if not info.state.messages:
                 return out
-            sub = await js.pull_subscribe(subjects, stream=stream)
-            unavailable_until = asyncio.get_running_loop().time() + 30
+            unavailable = nats.js.errors.ServiceUnavailableError
+            sub = await _while_recovering(lambda: js.pull_subscribe(subjects, stream=stream),
+                                          nats.errors.TimeoutError, unavailable)
             while True:
                 try:
-                    batch = await sub.fetch(1000, timeout=1)
+                    batch = await _while_recovering(lambda: sub.fetch(1000, timeout=1),
+                                                    unavailable)
                 except nats.errors.TimeoutError:  # nothing matches the filter
                     break
-                except nats.js.errors.ServiceUnavailableError:
-                    # 503: the new consumer has no leader yet (a cluster that has just lost
-                    # a node is still electing one); a client waits and asks again.
-                    if asyncio.get_running_loop().time() > unavailable_until:
-                        raise
-                    await asyncio.sleep(0.5)
-                    continue
                 for msg in batch:
                     out.append((msg.subject, dict(msg.headers or {}), msg.data))
                     await msg.ack()  # up to max_ack_pending unacked, then one at a time
