@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 
+import cbor2
 import dag_cbor
 import pytest
 from hypothesis import given, settings
@@ -111,6 +112,33 @@ def test_invalid_utf8_record_keeps_the_event():
             "time": "2026-11-23T10:00:00Z"}
     [row] = decode_frame(dag_cbor.encode({"op": 1, "t": "#commit"}) + dag_cbor.encode(body)).rows
     assert row.record is None and "undecodable" in row.record_error and row.raw == bad
+
+
+def _commit_block(block: bytes) -> bytes:
+    """A commit whose one record is ``block``, bytes as given (not re-encoded)."""
+    cid = bytes(CID("base32", 1, "dag-cbor", ("sha2-256", hashlib.sha256(block).digest())))
+    body = {"seq": 9, "repo": "did:plc:test", "rev": "3abc", "blocks": car([(cid, block)]),
+            "ops": [{"action": "create", "path": "app.test.thing/x", "cid": CID.decode(cid)}],
+            "time": "2026-11-23T10:00:00Z"}
+    return dag_cbor.encode({"op": 1, "t": "#commit"}) + dag_cbor.encode(body)
+
+
+# Records without a float are written by a faster JSON encoder than the others; both paths
+# must store the same thing, and refuse the same things.
+@pytest.mark.parametrize("value, stored", [
+    (2**64 - 1, 2**64 - 1), (-(2**64), -(2**64)), (2**70, 2**70),
+    (1.5, 1.5), ({1: "x"}, {"1": "x"}), (" ", " "),
+])
+def test_records_past_the_fast_encoder_are_stored_as_before(value, stored):
+    [row] = decode_frame(_commit_block(cbor2.dumps({"$type": "app.test.thing", "v": value}))).rows
+    assert row.record_error is None and json.loads(row.record)["v"] == stored
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_record_with_a_non_finite_float_keeps_the_event(value):
+    block = cbor2.dumps({"$type": "app.test.thing", "v": value})
+    [row] = decode_frame(_commit_block(block)).rows
+    assert row.record is None and "not representable" in row.record_error and row.raw == block
 
 
 @pytest.mark.parametrize("record", [["a", "list"], 7, "text", None])

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import cbor2
 import libipld
+import orjson
 
 from . import sanitize
 from .errors import FrameError
@@ -80,6 +81,23 @@ def _json_default(obj: object) -> dict[str, str]:
 _dumps = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), default=_json_default, allow_nan=False
 ).encode
+
+
+# Every CBOR float starts with 0xf9, 0xfa or 0xfb, bytes that UTF-8 never uses: a record
+# block without them holds no float. Only such records go through orjson (a PDS frame's
+# decode takes ~2 us less than with json), because orjson writes NaN and infinities as
+# null where json refuses them.
+def _may_hold_float(block: bytes) -> bool:
+    return b"\xf9" in block or b"\xfa" in block or b"\xfb" in block
+
+
+def _fast_dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value, default=_json_default).decode()
+    except orjson.JSONEncodeError:
+        # What orjson refuses (integers past 64 bits, keys that are not strings, values
+        # outside the data model) json decides, exactly as for every record before.
+        return _dumps(value)
 
 
 def to_json(value: Any) -> str:
@@ -220,10 +238,13 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def _record_json(value: Any) -> tuple[str | None, str | None]:
-    """JSON text for a record or event body, or (None, reason) when it cannot be stored."""
+def _record_json(value: Any, floatless: bool = False) -> tuple[str | None, str | None]:
+    """JSON text for a record or event body, or (None, reason) when it cannot be stored.
+
+    ``floatless``: the value is known to hold no float (see ``_may_hold_float``).
+    """
     try:
-        text = _dumps(value)
+        text = _fast_dumps(value) if floatless else _dumps(value)
     except (TypeError, ValueError, RecursionError) as exc:
         return None, f"not representable as atproto JSON: {exc}"
     # PostgreSQL jsonb rejects U+0000. json.dumps escapes it as \u0000; confirm on the
@@ -244,7 +265,7 @@ def _decode_record(block: bytes | None) -> tuple[str | None, str | None, bytes |
     if not isinstance(value, dict):
         # An atproto record is a map; the API serves `record` as a JSON object.
         return None, f"record is a CBOR {type(value).__name__}, not a map", block
-    text, error = _record_json(value)
+    text, error = _record_json(value, not _may_hold_float(block))
     return text, error, (block if text is None else None)
 
 

@@ -359,8 +359,12 @@ async def _keep(conn: object) -> None:
 @asynccontextmanager
 async def open_delivery_store(database_url: str, size: int = 4) -> AsyncIterator[DeliveryStore]:
     """A small pool for the delivery task's writes, and the task that groups them."""
+    # Lifetimes 0, as in the read pool (log/reader.py): each would arm a 300 s timer per
+    # release or cached statement, and a few hundred dead timers sat in memory at any time.
     async with triopg.create_pool(database_url, min_size=1, max_size=size,
-                                  command_timeout=10, reset=_keep) as pool, \
+                                  command_timeout=10, reset=_keep,
+                                  max_inactive_connection_lifetime=0,
+                                  max_cached_statement_lifetime=0) as pool, \
             trio.open_nursery() as nursery:
         store = DeliveryStore(pool)
         await nursery.start(store.write_progress)
