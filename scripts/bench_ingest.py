@@ -13,7 +13,9 @@ frames with fresh contiguous seqs (``tests.support.renumbered``):
    ``CAR.from_bytes`` (which decodes every block with libipld) + a look-up of each op's
    record in ``car.blocks``; and, with ``--sdk-models``, the same plus
    ``models.get_or_create(record, strict=False)`` (the SDK's typed record models, as in its
-   firehose examples). Decode only, no storage.
+   firehose examples). Decode only, no storage. The loop is timed warm, in this process;
+   the wall time a fresh interpreter takes to import the SDK is measured apart (median of
+   3), so that it can be counted from its start as the service is.
 3. With ``--ceiling``, the harness's ceiling: the replay server feeding the receiver's
    websocket client that only receives -- no pipe, no decode, no database. End to end
    cannot beat this.
@@ -39,7 +41,10 @@ per kind, the SDK's decode-only frames/s with ours committed.
 
 Targets (reported, not enforced): decode >= 20,000 frames/s on one core; end to end >= 15,000
 events/s committed; committed frames/s >= 1.2x the SDK's decode-only frames/s (floor 1.0x) on
-both kinds; service RSS < 150 MB. The exit status is 0 when the run is *valid* (every event
+both kinds; service RSS < 150 MB. The ratio is printed three ways (``RATIO_KINDS``): both
+warm (ours after the first commit, the SDK's timed loop), both from a cold start (ours from
+the service's start, the SDK's loop plus its imports), and ours from a cold start against
+the SDK's warm loop, the strictest. The exit status is 0 when the run is *valid* (every event
 committed and verified), whether or not the targets are met.
 """
 
@@ -85,6 +90,12 @@ DECODE_TARGET_FPS = 20_000
 E2E_TARGET_EPS = 15_000
 RSS_TARGET_MB = 150
 RATIO_TARGET, RATIO_FLOOR = 1.2, 1.0
+# The three ways to compare, in the order of KindResult.ratios (docs/performance.md).
+RATIO_KINDS = (
+    ("steady", "ours after the first commit / the SDK's warm loop"),
+    ("cold", "ours from the service's start / the SDK from its interpreter's start"),
+    ("cold/warm", "ours from the service's start / the SDK's warm loop"),
+)
 POLL_INTERVAL = 0.02
 T = TypeVar("T")
 
@@ -204,6 +215,19 @@ def make_sdk_decoder(with_models: bool) -> Callable[[Sequence[bytes]], int]:
         return ops
 
     return decode
+
+
+SDK_IMPORTS = "from atproto import CAR, firehose_models, models, parse_subscribe_repos_message"
+
+
+def sdk_start_seconds(runs: int = 3) -> float:
+    """Wall seconds for a fresh interpreter to import what ``make_sdk_decoder`` uses (the
+    median of ``runs``): the SDK's own start, which its warm decode loop leaves out."""
+    walls = []
+    for _ in range(runs):
+        wall, _ = timed(lambda: subprocess.run([sys.executable, "-c", SDK_IMPORTS], check=True))
+        walls.append(wall)
+    return sorted(walls)[len(walls) // 2]
 
 
 # --------------------------------------------------------------------------- end to end
@@ -359,6 +383,7 @@ class KindResult:
     events: int
     ours_fps: float
     sdk_fps: float
+    sdk_start: float  # seconds for a fresh interpreter to import the SDK
     models_fps: float | None
     ceiling_fps: float | None
     e2e: EndToEnd
@@ -368,6 +393,18 @@ class KindResult:
     def e2e_fps(self) -> float:
         """Frames committed per second, service start to last seq."""
         return self.frames / self.e2e.seconds if self.e2e.seconds else float("nan")
+
+    @property
+    def sdk_cold_fps(self) -> float:
+        """The SDK's frames/s counted from its interpreter's start, as ``e2e_fps`` is."""
+        return self.frames / (self.frames / self.sdk_fps + self.sdk_start)
+
+    @property
+    def ratios(self) -> tuple[float, float, float]:
+        """Ours / the SDK's: steady state (both warm), both from a cold start, and ours from
+        a cold start against the SDK's warm loop (the strictest of the three)."""
+        return (self.steady_fps / self.sdk_fps, self.e2e_fps / self.sdk_cold_fps,
+                self.e2e_fps / self.sdk_fps)
 
     @property
     def steady_fps(self) -> float:
@@ -415,6 +452,7 @@ def measure_kind(kind: str, args: argparse.Namespace) -> KindResult:
             sdk = make_sdk_decoder(with_models=False)
             sdk(frames[:2000])
             sdk_s, sdk_ops, sdk_load = timed_with_load(sdk, frames)
+            sdk_start = sdk_start_seconds()
             models_s: float | None = None
             models_load = 0.0
             if args.sdk_models:
@@ -422,7 +460,8 @@ def measure_kind(kind: str, args: argparse.Namespace) -> KindResult:
                 sdk_models(frames[:2000])
                 models_s, _, models_load = timed_with_load(sdk_models, frames)
         n_frames = len(frames)
-        print(f"decoders pinned to CPU {cpu}; SDK saw {sdk_ops:,} ops/events; other processes "
+        print(f"decoders pinned to CPU {cpu}; SDK saw {sdk_ops:,} ops/events, and a fresh "
+              f"interpreter took {sdk_start:.2f}s to import it; other processes "
               f"used {ours_load:.2f} / {sdk_load:.2f} / {models_load:.2f} cores meanwhile "
               "(ours / SDK / SDK + models)")
         del frames
@@ -437,7 +476,7 @@ def measure_kind(kind: str, args: argparse.Namespace) -> KindResult:
         print(f"machine before end to end: {wait_until_quiet(args.wait_quiet)}")
         e2e = run_end_to_end(recording, last_seq, events, args.timeout, workdir)
 
-    result = KindResult(kind, n_frames, events, n_frames / ours_s, n_frames / sdk_s,
+    result = KindResult(kind, n_frames, events, n_frames / ours_s, n_frames / sdk_s, sdk_start,
                         n_frames / models_s if models_s else None, ceiling_fps, e2e,
                         e2e.completed and e2e.exit_code == 0 and e2e.rows == events
                         and e2e.ids_ok)
@@ -460,6 +499,9 @@ def report_kind(r: KindResult) -> None:
          f">= {DECODE_TARGET_FPS:,} frames/s: {verdict(r.ours_fps >= DECODE_TARGET_FPS)}"),
         ("atproto SDK decode (1 core)", f"{r.sdk_fps:,.0f} frames/s",
          f"{r.sdk_fps * per_frame:,.0f} events/s", "Frame + parse + CAR + block look-up"),
+        ("  from its start", f"{r.sdk_cold_fps:,.0f} frames/s",
+         f"{r.sdk_cold_fps * per_frame:,.0f} events/s",
+         f"+ {r.sdk_start:.2f}s for a fresh interpreter's imports"),
     ]
     if r.models_fps is not None:
         rows.append(("atproto SDK decode + models", f"{r.models_fps:,.0f} frames/s",
@@ -481,9 +523,9 @@ def report_kind(r: KindResult) -> None:
         ("service peak RSS (VmHWM)", f"{rss_mb:,.0f} MB", "",
          f"< {RSS_TARGET_MB} MB: {verdict(0 < rss_mb < RSS_TARGET_MB)} (of which receiver "
          f"{(e2e.receiver_rss_kb or 0) / 1024:,.0f} MB)"),
-        ("ratio e2e / SDK decode", f"{r.e2e_fps / r.sdk_fps:.2f}x", "",
-         f">= {RATIO_TARGET}x: {verdict(r.e2e_fps / r.sdk_fps >= RATIO_TARGET)} (floor "
-         f"{RATIO_FLOOR}); {r.steady_fps / r.sdk_fps:.2f}x after first commit"),
+        *[(f"ratio, {label}", f"{ratio:.2f}x", "",
+           f">= {RATIO_TARGET}x: {verdict(ratio >= RATIO_TARGET)} (floor {RATIO_FLOOR}); "
+           + how) for ratio, (label, how) in zip(r.ratios, RATIO_KINDS, strict=True)],
         ("ratio our / SDK decoder", f"{r.ours_fps / r.sdk_fps:.2f}x", "", ""),
     ]
     width = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -538,13 +580,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{query('postgresql://postgres@127.0.0.1:5432/postgres', 'SHOW server_version')[0][0]}"
           " (PostgreSQL on the same machine)")
     results = [measure_kind(kind, args) for kind in args.kinds.split(",")]
-    print("\nsummary (frames/s; ratio = committed end to end / SDK decode-only, same frames):")
-    header = ("frames", "SDK decode", "committed", "events/s", "ratio", "after 1st commit",
-              "peak RSS")
+    print("\nsummary (frames/s; ratios = committed / the SDK's decode-only, same frames: "
+          + "; ".join(f"{label}: {how}" for label, how in RATIO_KINDS) + "):")
+    header = ("frames", "SDK decode", "committed", "events/s",
+              *(f"ratio {label}" for label, _ in RATIO_KINDS), "peak RSS")
     lines = [header] + [
         (r.kind, f"{r.sdk_fps:,.0f}", f"{r.e2e_fps:,.0f}",
-         f"{r.e2e_fps * r.events / r.frames:,.0f}", f"{r.e2e_fps / r.sdk_fps:.2f}x",
-         f"{r.steady_fps / r.sdk_fps:.2f}x", f"{(r.e2e.peak_rss_kb or 0) / 1024:,.0f} MB")
+         f"{r.e2e_fps * r.events / r.frames:,.0f}", *(f"{x:.2f}x" for x in r.ratios),
+         f"{(r.e2e.peak_rss_kb or 0) / 1024:,.0f} MB")
         for r in results]
     width = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
