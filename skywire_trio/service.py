@@ -43,7 +43,6 @@ from .api.server import serve_api
 from .api.status_page import StatusSources
 from .config import Settings, mask_password
 from .delivery.manager import run_delivery
-from .fanout.publisher import run_publisher
 from .ingest import OpenStore, supervise_ingest
 from .leaders import lead_role
 from .log import reader, writer
@@ -159,6 +158,8 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
                     await draining.start(_lead_ingest, shutdown, settings, stats, open_store,
                                          clock, roles)
                 if publisher is not None:
+                    from .fanout.publisher import run_publisher  # nats: only when publishing
+
                     await draining.start(_until_shutdown, shutdown, partial(
                         lead_role, "publisher", PUBLISHER_LOCK,
                         partial(run_publisher, settings, read_store, feed, publisher,

@@ -7,8 +7,9 @@ This is the hot path, split between two decoders on purpose:
   retried with cbor2, so a non-canonical but readable frame is not lost.
 - Records go through cbor2's C decoder with a tag-42 hook, because in a record a link and
   a byte string must stay distinguishable. Links become ``Link`` objects; conversion to
-  JSON is left to ``json.dumps``, whose ``default`` hook turns exactly ``Link`` and
-  ``bytes`` into ``{"$link": ...}`` and ``{"$bytes": ...}`` -- no Python walk per record.
+  JSON is left to orjson (records without a float) or ``json``, whose ``default`` hook
+  turns exactly ``Link`` and ``bytes`` into ``{"$link": ...}`` and ``{"$bytes": ...}`` --
+  no Python walk per record.
 
 Two failure levels, on purpose:
 - ``FrameError``: the frame itself cannot be trusted (bad CBOR, bad framing, a body
