@@ -18,6 +18,10 @@ What it does:
    of them waiting, the same latency requests again, RSS and the service's CPU.
 4. *after*: every long-poll connection is closed; after ``--settle`` seconds, RSS again.
 
+With ``--probe DIR`` the service runs under ``scripts/memory_probe.py``, which is asked what
+holds memory when idle and after the long-polls closed (pymalloc's arenas and the live
+objects in memory mapped since idle; docs/performance.md has what it found).
+
 Reported: p50 / p90 / p99 of the other requests in each phase, RSS, the service's CPU share,
 the events committed per second, and from ``/metrics`` the long-polls waiting and the
 wake-ups (a woken long-poll reads the log again: with filters that never match, none
@@ -31,6 +35,7 @@ import argparse
 import contextlib
 import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -133,10 +138,38 @@ async def hold_polls(port: int, token: str, polls: int, since: int, ready: trio.
             await trio.sleep(0.002)  # do not flood the accept queue
 
 
+def arenas(stats: Path) -> str:
+    """Arenas and empty pools from a ``mallocstats-N.txt`` of ``scripts/memory_probe.py``."""
+    text = stats.read_text()
+
+    def field(pattern: str) -> str:
+        found = re.search(pattern, text, re.M)
+        return found[1] if found else "?"
+
+    current = field(r"^# arenas allocated current\s+=\s+([\d,]+)")
+    reclaimed = field(r"^# arenas reclaimed\s+=\s+([\d,]+)")
+    empty = field(r"^([\d,]+) unused pools")
+    return f"{current} arenas ({reclaimed} given back so far), {empty} empty pools"
+
+
+def probe(proc: subprocess.Popen, directory: Path, count: int) -> None:
+    """Signal the memory probe and wait for its ``count``-th stats file."""
+    proc.send_signal(signal.SIGUSR1)
+    stats = directory / f"mallocstats-{count}.txt"
+    if not wait_for(lambda: stats.exists() and (count == 1 or (
+            directory / f"new-memory-{count}.txt").exists()), 120):
+        raise RuntimeError("the memory probe did not answer")
+    print(f"memory probe {count}: {arenas(stats)}")
+
+
 @contextlib.contextmanager
-def service(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """The service as a real process, stopped with SIGTERM afterwards."""
-    proc = subprocess.Popen([sys.executable, "-m", "skywire_trio"], env=env, cwd=ROOT,
+def service(env: dict[str, str], log: Path,
+            probe_dir: Path | None) -> Iterator[subprocess.Popen]:
+    """The service as a real process (under the memory probe if asked), stopped with
+    SIGTERM afterwards."""
+    command = ([sys.executable, str(ROOT / "scripts" / "memory_probe.py"), str(probe_dir)]
+               if probe_dir else [sys.executable, "-m", "skywire_trio"])
+    proc = subprocess.Popen(command, env=env, cwd=ROOT,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
     try:
         yield proc
@@ -152,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--settle", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--probe", type=Path, metavar="DIR",
+                        help="run the service under scripts/memory_probe.py, writing into DIR "
+                             "what it finds when idle and after the long-polls closed")
     args = parser.parse_args(argv)
 
     print(wait_until_quiet(30))
@@ -163,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with replay_process(recording, "--rate", str(args.rate)) as relay:
             env = service_env(database, relay, tmp)
             base = f"http://127.0.0.1:{env['PORT']}"
-            with service(env, tmp / "service.log") as proc:
+            with service(env, tmp / "service.log", args.probe) as proc:
                 token = subprocess.run(
                     [sys.executable, "-m", "skywire_trio", "tokens", "create", "bench",
                      "--rate-limit", "100000"], env=env, cwd=ROOT, check=True,
@@ -188,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 latencies(base, token, head(), 100, args.seed)  # warm-up
                 idle, idle_cpu, idle_rate, baseline = phase("idle")
+                if args.probe:
+                    probe(proc, args.probe, 1)
 
                 answered = [0]
                 result: dict[str, object] = {}
@@ -211,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 busy, busy_cpu, busy_rate, during = result["phase"]  # type: ignore[misc]
                 time.sleep(args.settle)
                 after = rss_mb(proc.pid)
+                if args.probe:
+                    probe(proc, args.probe, 2)
+                    print(f"memory probe: the objects in memory mapped since idle are in "
+                          f"{args.probe / 'new-memory-2.txt'}")
                 after_waiting = metric(base, "skywire_long_polls_waiting")
                 print(f"after: RSS {after:.1f} MB, long-polls waiting {after_waiting:.0f}")
 
