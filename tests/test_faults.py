@@ -126,21 +126,20 @@ async def test_overflow_restarts_from_committed_cursor(database, tmp_path):
 
 async def test_short_read_timeout_is_not_tripped_by_steady_traffic(database, tmp_path):
     frames = renumbered(relay_frames(), 150)
-    service: dict[str, object] = {}
     errors_while_sending: list[int] = []
 
     def sent(index: int, _at: float) -> None:
         # Counted as the last frame leaves: 0.2 s later its silence is real, and a slow
         # commit of the last batch must not make it look like an error during the traffic.
         if index == len(frames) - 1:
-            errors_while_sending.append(service["running"].stats.upstream_errors)
+            errors_while_sending.append(running.stats.upstream_errors)
 
     async with trio.open_nursery() as nursery:
         # 1.5 s at 100 frames/s; it answers no pings (pings keep a quiet upstream alive).
         port = await nursery.start(partial(
             serve_replay, frames, behaviour=Behaviour(rate=100.0, pongs=False, on_sent=sent)))
         settings = _settings(database, port, tmp_path, read_timeout=0.2)
-        running = service["running"] = await nursery.start(serve, settings)
+        running = await nursery.start(serve, settings)
         await wait_until(_complete(database, 150), 30)
         assert errors_while_sending == [0]  # 10 ms gaps are not silence
         # Then the replay goes quiet (it stays open, answering nothing): that is silence.
