@@ -74,15 +74,19 @@ def new_objects(before: Ranges) -> collections.Counter[str]:
 
 
 def _mallocstats(path: Path) -> None:
-    # _debugmallocstats writes to the C stderr: point fd 2 at the file for the call.
+    # _debugmallocstats writes to the C stderr: point fd 2 at a file for the call. Written
+    # under another name and renamed, so that a reader waiting for ``path`` (the benchmark,
+    # in another process) never reads it half written.
+    partial = path.with_suffix(".part")
     saved = os.dup(2)
-    with path.open("wb") as out:
+    with partial.open("wb") as out:
         os.dup2(out.fileno(), 2)
         try:
             sys._debugmallocstats()
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+    partial.replace(path)
 
 
 def main() -> None:
@@ -101,9 +105,11 @@ def main() -> None:
             first = mapped()
             return
         counts = new_objects(first)
-        (out / f"new-memory-{signals}.txt").write_text(
+        report = out / f"new-memory-{signals}.part"
+        report.write_text(
             f"{sum(counts.values())} live objects in memory mapped since the first probe\n"
             + "".join(f"{n:8d}  {what}\n" for what, n in counts.most_common()))
+        report.replace(report.with_suffix(".txt"))
 
     signal.signal(signal.SIGUSR1, probe)
     sys.argv = ["skywire_trio"]
