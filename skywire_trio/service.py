@@ -36,9 +36,8 @@ from datetime import datetime
 from functools import partial
 
 import trio
-import trio_asyncio
 
-from . import gctune
+from . import aioloop, gctune
 from .api.server import serve_api
 from .api.status_page import StatusSources
 from .config import Settings, mask_password
@@ -126,7 +125,7 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
                  task_status: trio.TaskStatus[Running]) -> None:
     roles = Roles(settings.role)
     publisher = PublisherStats() if settings.runs_publisher else None
-    async with trio_asyncio.open_loop():
+    async with aioloop.open_loop():
         if settings.runs_ingest:
             async with open_store(settings.database_url) as store:
                 # Refuse early, with the message, if the cursor belongs to another upstream

@@ -88,14 +88,13 @@ def _leaf(error: BaseException) -> BaseException:
 
 
 async def _main(settings: Settings, args: argparse.Namespace) -> int:
-    import trio_asyncio
-
+    from .. import aioloop
     from ..log import archives, partition_store, partman
     from ..log.batcher import utc_now
     from ..log.partitions import PG_PARTMAN, maintain, policy_of
 
     assert settings.database_url is not None
-    async with trio_asyncio.open_loop(), \
+    async with aioloop.open_loop(), \
             partition_store.connect(settings.database_url) as store:
         if args.action == "maintain":
             if settings.partition_manager == PG_PARTMAN:

@@ -41,12 +41,12 @@ def _live(settings: Settings) -> dict | None:
 
 def _partitions(database_url: str) -> list[dict[str, object]]:
     import trio
-    import trio_asyncio
 
+    from .. import aioloop
     from ..log import partition_store
 
     async def read() -> list[dict[str, object]]:
-        async with trio_asyncio.open_loop(), partition_store.connect(database_url) as store:
+        async with aioloop.open_loop(), partition_store.connect(database_url) as store:
             now = datetime.now(UTC)
             return [p.as_json(now) for p in await store.partitions()]
 

@@ -66,13 +66,12 @@ async def _follow(settings: Settings, event_filter: EventFilter, from_head: bool
                   as_json: bool) -> None:
     import dataclasses
 
-    import trio_asyncio
-
+    from .. import aioloop
     from ..log.notify import CommitFeed
     from ..log.reader import open_read_store
 
     assert settings.database_url is not None
-    async with trio_asyncio.open_loop(), open_read_store(settings.database_url, 2) as store, \
+    async with aioloop.open_loop(), open_read_store(settings.database_url, 2) as store, \
             trio.open_nursery() as nursery:
         feed = CommitFeed()
         await nursery.start(feed.run, settings, {})
