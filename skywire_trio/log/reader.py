@@ -52,6 +52,7 @@ EVENT_JSON = """
 # changes; an event_type filter can still exclude them), every other non-commit event
 # (sync, info, ...) does not. types.EventFilter.matches is the same rule in memory.
 _EXEMPT = "event_type IN ('identity', 'account')"
+_NOT_COMMIT = "event_type <> 'commit'"
 
 
 def _page_where(f: EventFilter) -> tuple[str, list[object]]:
@@ -75,6 +76,10 @@ def _page_where(f: EventFilter) -> tuple[str, list[object]]:
         where.append(f"repo = ANY({arg(list(f.repos))}::text[])")
     if f.event_types:
         where.append(f"event_type = ANY({arg(list(f.event_types))}::text[])")
+        if "commit" not in f.event_types:
+            # The event-type index covers only this (migration 0008): said literally, the
+            # planner can use it; commits are found through the id index.
+            where.append(_NOT_COMMIT)
     if f.action:
         where.append(f"(action = {arg(f.action)} OR {_EXEMPT})")
     return " AND ".join(where), args

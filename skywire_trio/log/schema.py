@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # migrate without the source tree; the repository's alembic.ini points at the same directory.
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 # The newest revision in migrations/versions (tests/test_migrations.py checks that it is).
-HEAD_REVISION = "0004_publisher"
+HEAD_REVISION = "0008_event_type_index"
 
 
 def conninfo(database_url: str, dbname: str | None = None) -> str:
