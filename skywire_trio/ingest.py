@@ -28,7 +28,7 @@ import trio
 from .config import Settings
 from .errors import describe
 from .firehose.codec import Frame
-from .firehose.reader import BufferOverflow, UpstreamError, read_upstream
+from .firehose.reader import BufferOverflow, Receivers, UpstreamError, read_upstream
 from .log import writer
 from .log.batcher import run_batcher, utc_now
 from .shutdown import Shutdown
@@ -46,7 +46,8 @@ INGEST_TRANSIENT = TRANSIENT + (UpstreamError, BufferOverflow, writer.WriterActi
 
 async def run_ingest_once(settings: Settings, stores: Sequence[writer.LogStore],
                           stats: IngestStats, clock: Callable[[], datetime] = utc_now,
-                          shutdown: Shutdown | None = None) -> None:
+                          shutdown: Shutdown | None = None,
+                          receivers: Receivers | None = None) -> None:
     """One ingest nursery: resume after the committed cursor until something fails.
 
     Runs only while this instance holds the ingest lock (``leaders.py``). ``stores``: the
@@ -67,7 +68,7 @@ async def run_ingest_once(settings: Settings, stores: Sequence[writer.LogStore],
         async with send:
             try:
                 with shutdown.intake():
-                    await read_upstream(settings, cursor.last_seq, send, stats)
+                    await read_upstream(settings, cursor.last_seq, send, stats, receivers)
             except UpstreamError as exc:
                 # Not fatal to what is buffered: closing `send` lets the batcher commit
                 # it before the nursery exits.
@@ -80,6 +81,7 @@ async def supervise_ingest(settings: Settings, stats: IngestStats,
                            open_store: OpenStore = writer.connect,
                            clock: Callable[[], datetime] = utc_now,
                            shutdown: Shutdown | None = None,
+                           receivers: Receivers | None = None,
                            *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                            ) -> None:
     """Run ingestion, restarting it from the committed cursor after any failure.
@@ -104,7 +106,8 @@ async def supervise_ingest(settings: Settings, stats: IngestStats,
         try:
             async with open_store(settings.database_url) as store, \
                     open_store(settings.database_url) as pipelined:
-                await run_ingest_once(settings, (store, pipelined), stats, clock, shutdown)
+                await run_ingest_once(settings, (store, pipelined), stats, clock, shutdown,
+                                      receivers)
         except Exception as exc:  # counted here, reported and retried by supervise
             stats.ingest_failed(describe(exc), trio.current_time())
             if isinstance(exc, UpstreamError):

@@ -42,6 +42,7 @@ from .api.server import serve_api
 from .api.status_page import StatusSources
 from .config import Settings, mask_password
 from .delivery.manager import run_delivery
+from .firehose.reader import Receivers, open_receivers
 from .ingest import OpenStore, supervise_ingest
 from .leaders import lead_role
 from .log import reader, writer
@@ -78,13 +79,13 @@ async def _until_shutdown(shutdown: Shutdown, run: Callable[..., Awaitable[None]
 
 async def _lead_ingest(shutdown: Shutdown, settings: Settings, stats: IngestStats,
                        open_store: OpenStore, clock: Callable[[], datetime], roles: Roles,
-                       *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                       ) -> None:
+                       receivers: Receivers, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Ingest while this instance leads it; on shutdown, stop once the last batch is in
     (a standby, waiting for the lock, stops at once)."""
     with trio.CancelScope() as done:
         async def work() -> None:
-            await supervise_ingest(settings, stats, open_store, clock, shutdown)
+            await supervise_ingest(settings, stats, open_store, clock, shutdown, receivers)
             done.cancel()  # shutdown: the last batch is committed, leadership ends too
             await trio.lowlevel.checkpoint()  # (returning would count as a crash)
 
@@ -125,7 +126,8 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
                  task_status: trio.TaskStatus[Running]) -> None:
     roles = Roles(settings.role)
     publisher = PublisherStats() if settings.runs_publisher else None
-    async with aioloop.open_loop():
+    # The receiver's spare starts first: it loads while the rest of the service starts.
+    async with open_receivers(spare=settings.runs_ingest) as receivers, aioloop.open_loop():
         if settings.runs_ingest:
             async with open_store(settings.database_url) as store:
                 # Refuse early, with the message, if the cursor belongs to another upstream
@@ -155,7 +157,7 @@ async def _serve(settings: Settings, open_store: OpenStore, clock: Callable[[], 
                     await draining.start(_until_shutdown, shutdown, manage_partitions,
                                          settings, clock, stats, _archiver(settings, stats))
                     await draining.start(_lead_ingest, shutdown, settings, stats, open_store,
-                                         clock, roles)
+                                         clock, roles, receivers)
                 if publisher is not None:
                     from .fanout.publisher import run_publisher  # nats: only when publishing
 

@@ -11,8 +11,11 @@ restarts it from the committed cursor).
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -27,6 +30,7 @@ from .receiver import (
     LOG,
     PONG,
     REJECTED,
+    SPARE,
     TEXT,
     RecordBuffer,
     decode_frames,
@@ -80,13 +84,74 @@ def _handle_error_frame(frame: Frame, cursor: int | None) -> UpstreamError:
     return UpstreamError(f"upstream error frame {frame.error}: {frame.message or ''}".rstrip())
 
 
+async def _start(arguments: list[str]) -> trio.Process:
+    return await trio.lowlevel.open_process([*COMMAND, *arguments], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE)
+
+
+async def _stop(process: trio.Process) -> None:
+    """Close the receiver's stdin (it stops at end of file); kill it if it lingers."""
+    with trio.CancelScope(shield=True):
+        await process.stdin.aclose()
+        with trio.move_on_after(STOP_GRACE):
+            await process.wait()
+        process.kill()
+        await process.wait()
+
+
+class Receivers:
+    """Starts receiver processes, the first one ahead of time.
+
+    A receiver's interpreter and imports take ~0.15 s. A spare, started with the service,
+    spends them while the service starts (or while a standby waits for the ingest lock), so
+    the first connection, or a takeover, begins that much sooner. Later connections start
+    their own process: a reconnect waits for its backoff anyway.
+    """
+
+    def __init__(self) -> None:
+        self._spare: trio.Process | None = None
+
+    async def start_spare(self) -> None:
+        """Start the spare (it waits for its arguments on stdin)."""
+        self._spare = await _start([SPARE])
+
+    async def start(self, arguments: list[str]) -> trio.Process:
+        """A receiver running with ``arguments``: the spare if it is alive, else a new one."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                await spare.stdin.send_all(json.dumps(arguments).encode() + b"\n")
+                return spare
+            except trio.BrokenResourceError:  # it died waiting; its exit code says nothing
+                await _stop(spare)
+        return await _start(arguments)
+
+    async def aclose(self) -> None:
+        """Stop the spare if nobody took it."""
+        if self._spare is not None:
+            await _stop(self._spare)
+            self._spare = None
+
+
+@asynccontextmanager
+async def open_receivers(spare: bool) -> AsyncIterator[Receivers]:
+    """``Receivers``, with a spare started at once if ``spare``; the spare stops on exit."""
+    receivers = Receivers()
+    try:
+        if spare:
+            await receivers.start_spare()
+        yield receivers
+    finally:
+        await receivers.aclose()
+
+
 async def read_upstream(settings: Settings, cursor: int | None,
-                        send: trio.MemorySendChannel[Frame], stats: IngestStats) -> None:
+                        send: trio.MemorySendChannel[Frame], stats: IngestStats,
+                        receivers: Receivers | None = None) -> None:
     """Connect after ``cursor`` and feed decoded frames to ``send`` until something fails."""
     url = subscribe_url(settings, cursor)
-    process = await trio.lowlevel.open_process(
-        [*COMMAND, url, str(settings.read_timeout), str(settings.ping_every)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    process = await (receivers or Receivers()).start(
+        [url, str(settings.read_timeout), str(settings.ping_every)])
     try:
         await _read_records(process.stdout, url, cursor, send, settings, stats)
         code = await process.wait()  # its stdout ended without a CLOSED record: it crashed
@@ -95,12 +160,7 @@ async def read_upstream(settings: Settings, cursor: int | None,
         if stats.upstream_connected:  # a failed attempt does not restart the clock
             stats.upstream_connected = False
             stats.disconnected_since = trio.current_time()
-        with trio.CancelScope(shield=True):
-            await process.stdin.aclose()  # the receiver stops at end of file
-            with trio.move_on_after(STOP_GRACE):
-                await process.wait()
-            process.kill()
-            await process.wait()
+        await _stop(process)
 
 
 async def _read_records(stdout: trio.abc.ReceiveStream, url: str, last_seq: int | None,

@@ -8,9 +8,10 @@ spent per frame): the service's thread, which also serves the API, only checks t
 order and commits them. The websocket itself is our own small client (``wsclient``):
 trio-websocket cost this process ~33 us a message, our client a few.
 
-Started by the reader as ``COMMAND + [URL, READ_TIMEOUT, PING_INTERVAL]``. One process is
-one connection. It writes records to stdout, each a u32 big-endian length, a kind byte and a
-payload, in order:
+Started by the reader as ``COMMAND + [URL, READ_TIMEOUT, PING_INTERVAL]``, or ahead of time
+as ``COMMAND + [SPARE]``: a spare loads everything, then waits for those three arguments
+as one line of JSON on stdin (``reader.Receivers``). One process is one connection. It
+writes records to stdout, each a u32 big-endian length, a kind byte and a payload, in order:
 
 - ``CONNECTED`` (no payload) once the websocket is open;
 - ``FRAMES``: decoded binary messages, in order (a pickled list of ``Frame`` fields, from
@@ -36,6 +37,7 @@ how it learns that the service stopped or died (even by SIGKILL). A full stdout 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import math
 import os
@@ -77,6 +79,7 @@ _REASON = struct.Struct(">I")
 _row = partial(tuple.__new__, Row)
 _frame = partial(tuple.__new__, Frame)
 COMMAND = [sys.executable, "-m", "skywire_trio.firehose.receiver"]
+SPARE = "--spare"  # instead of the arguments: read them from stdin once they are known
 # Run as __main__, so named explicitly: its lines reach the service's log under this name.
 log = logging.getLogger("skywire_trio.firehose.receiver")
 
@@ -338,6 +341,20 @@ async def main(url: str, timeout: float, ping_interval: float) -> None:
             scope.cancel()
 
 
+def arguments_from_stdin() -> list[str] | None:
+    """A spare's arguments: one line on stdin (None: stdin closed first, it is not needed).
+
+    Read unbuffered, so that nothing after the line is taken from ``_until_stdin_closes``.
+    """
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(0, 1)
+        if not chunk:
+            return None
+        line += chunk
+    return [str(argument) for argument in json.loads(line)]
+
+
 if __name__ == "__main__":
     # The service decides when this process stops (by closing stdin); a Ctrl-C sent to the
     # whole process group must not kill it mid-record with a traceback.
@@ -347,7 +364,12 @@ if __name__ == "__main__":
     except (AttributeError, OSError):
         pass
     gctune.settle()
+    arguments = sys.argv[1:]
+    if arguments == [SPARE]:
+        arguments = arguments_from_stdin()
+        if arguments is None:
+            sys.exit(0)  # the service stopped without needing it
     try:
-        trio.run(main, sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))
+        trio.run(main, arguments[0], float(arguments[1]), float(arguments[2]))
     except* (trio.BrokenResourceError, BrokenPipeError):
         pass  # the service is gone: nobody left to tell
