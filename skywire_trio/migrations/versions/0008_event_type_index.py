@@ -5,7 +5,7 @@ Revises: 0004_publisher
 Create Date: 2026-11-30
 
 Nine rows in ten are commit operations. A query for commits finds them through the id
-index (almost every row matches), so indexing them by type only cost ingest: ~1.4 us of
+index (almost every row matches), so indexing them by type only cost ingest: 1.1-1.5 us of
 PostgreSQL time per row (docs/performance.md). The partial index still serves the rare
 kinds (identity, account, sync, info); the reader adds the index's own predicate to any
 event-type filter that leaves commits out, so the planner can use it.
