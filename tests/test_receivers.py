@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
@@ -39,6 +41,14 @@ async def _seqs_received(process: trio.Process) -> list[int]:
     return seqs
 
 
+async def _until_waiting_on_stdin(process: trio.Process) -> None:
+    """Until the spare has loaded and sits in read(0, ...) (Linux: /proc/PID/syscall)."""
+    syscall = Path(f"/proc/{process.pid}/syscall")
+    with trio.fail_after(10):
+        while syscall.read_text().split()[:2] != ["0", "0x0"]:
+            await trio.sleep(0.02)
+
+
 def _expected_seqs() -> list[int]:
     return [decode_frame(frame).seq for frame in relay_frames()[:FRAME_COUNT]]
 
@@ -48,8 +58,7 @@ async def test_the_spare_takes_the_first_connection_and_loses_nothing(nursery):
     async with open_receivers(spare=True) as receivers:
         spare = receivers._spare
         assert spare is not None
-        await trio.sleep(0.5)  # it has loaded and waits for its arguments
-        assert spare.returncode is None
+        await _until_waiting_on_stdin(spare)  # loaded, waiting for its arguments
         process = await receivers.start(arguments)
         assert process is spare
         assert await _seqs_received(process) == _expected_seqs()
@@ -85,6 +94,6 @@ async def test_an_unused_spare_exits_with_the_service():
     async with open_receivers(spare=True) as receivers:
         spare = receivers._spare
         assert spare is not None
-        await trio.sleep(0.3)
+        await _until_waiting_on_stdin(spare)
     with trio.fail_after(1):
         assert await spare.wait() == 0  # it saw stdin close and left, not killed
