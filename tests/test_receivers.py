@@ -53,6 +53,15 @@ def _expected_seqs() -> list[int]:
     return [decode_frame(frame).seq for frame in relay_frames()[:FRAME_COUNT]]
 
 
+async def _receives_every_frame_then_stops(process: trio.Process) -> int:
+    """Check that ``process`` pipes every frame in order; stop it as the reader does (by
+    closing its stdin) and return its exit code."""
+    assert await _seqs_received(process) == _expected_seqs()
+    await process.stdin.aclose()
+    with trio.fail_after(5):
+        return await process.wait()
+
+
 async def test_the_spare_takes_the_first_connection_and_loses_nothing(nursery):
     arguments = await _arguments(nursery)
     async with open_receivers(spare=True) as receivers:
@@ -61,17 +70,11 @@ async def test_the_spare_takes_the_first_connection_and_loses_nothing(nursery):
         await _until_waiting_on_stdin(spare)  # loaded, waiting for its arguments
         process = await receivers.start(arguments)
         assert process is spare
-        assert await _seqs_received(process) == _expected_seqs()
-        await process.stdin.aclose()  # how the reader stops it
-        with trio.fail_after(5):
-            assert await process.wait() == 0
+        assert await _receives_every_frame_then_stops(process) == 0
         # Later connections get a process of their own.
         second = await receivers.start(arguments)
         assert second is not spare
-        assert await _seqs_received(second) == _expected_seqs()
-        await second.stdin.aclose()
-        with trio.fail_after(5):
-            await second.wait()
+        await _receives_every_frame_then_stops(second)
 
 
 async def test_a_spare_that_died_is_replaced(nursery):
@@ -84,10 +87,7 @@ async def test_a_spare_that_died_is_replaced(nursery):
     await spare.wait()
     process = await receivers.start(arguments)
     assert process is not spare
-    assert await _seqs_received(process) == _expected_seqs()
-    await process.stdin.aclose()
-    with trio.fail_after(5):
-        await process.wait()
+    await _receives_every_frame_then_stops(process)
 
 
 async def test_an_unused_spare_exits_with_the_service():
