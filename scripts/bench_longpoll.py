@@ -19,8 +19,9 @@ What it does:
 4. *after*: every long-poll connection is closed; after ``--settle`` seconds, RSS again.
 
 With ``--probe DIR`` the service runs under ``scripts/memory_probe.py``, which is asked what
-holds memory when idle and after the long-polls closed (pymalloc's arenas and the live
-objects in memory mapped since idle; docs/performance.md has what it found).
+holds memory when idle and after the long-polls closed (the live objects in memory mapped
+since idle, and pymalloc's arenas when the service runs on it, ``PYTHONMALLOC=pymalloc``;
+docs/performance.md has what it found).
 
 Reported: p50 / p90 / p99 of the other requests in each phase, RSS, the service's CPU share,
 the events committed per second, and from ``/metrics`` the long-polls waiting and the
@@ -254,7 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"memory probe: the objects in memory mapped since idle are in "
                           f"{args.probe / 'new-memory-2.txt'}")
                 after_waiting = metric(base, "skywire_long_polls_waiting")
-                print(f"after: RSS {after:.1f} MB, long-polls waiting {after_waiting:.0f}")
+                releases = metric(base, "skywire_memory_releases_total")
+                print(f"after: RSS {after:.1f} MB, long-polls waiting {after_waiting:.0f}, "
+                      f"memory releases {releases:.0f}")
 
     p50_idle, p50_busy = statistics.median(idle), statistics.median(busy)
     print()

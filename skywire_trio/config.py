@@ -482,6 +482,15 @@ def from_env(env: Mapping[str, str] | None = None,
     return settings
 
 
+def allocator_environment() -> dict[str, str] | None:
+    """The environment to start the service again with on the C library's allocator
+    (``PYTHONMALLOC=malloc``, memory.py), or None when ``PYTHONMALLOC`` is set: an
+    operator's own choice, or this start's. The interpreter reads it, not ``Settings``."""
+    if "PYTHONMALLOC" in os.environ:
+        return None
+    return {**os.environ, "PYTHONMALLOC": "malloc"}
+
+
 def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each ``SKYWIRE_*`` variable that is not a setting (typos, mostly)."""
     env = os.environ if env is None else env

@@ -143,6 +143,12 @@ def test_2000_clients_that_never_close_stop_neither_the_api_nor_ingest(database,
             assert evicted and int(evicted.group(1)) > 0
             limit = re.search(r"^skywire_http_connections_max (\d+)", metrics.text, re.M)
             assert limit and int(limit.group(1)) < DESCRIPTORS
+            # The service runs on the C library's allocator, and gives the flood's memory
+            # back once the connections are gone (memory.py).
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+            assert b"PYTHONMALLOC=malloc" in environ
+            assert wait_for(lambda: (r := _get(f"{base}/metrics")) is not None and int(
+                re.search(r"^skywire_memory_releases_total (\d+)", r.text, re.M)[1]) > 0, 10)
     text = log.read_text()
     assert "Too many open files" not in text and "EMFILE" not in text
     assert "does not fit the open-file limit of 1024" in text

@@ -23,6 +23,7 @@ from ..log.notify import CommitFeed
 from ..log.reader import ReadSession, ReadStore
 from ..shutdown import Shutdown
 from ..stats import DeliveryStats, IngestStats, PublisherStats, Roles
+from ..timeouts import Timeouts
 from ..types import Archive, Partition, PartitionPolicy, Token
 from . import auth, params, subscribe
 from .errors import ApiError, database_error, database_fault
@@ -54,6 +55,7 @@ class ApiState:
     delivery: DeliveryStats = dataclasses.field(default_factory=DeliveryStats)
     partition_policy: PartitionPolicy = PartitionPolicy()
     polls: LongPolls = dataclasses.field(init=False)  # waiting long-polls, on ``feed``
+    timeouts: Timeouts = dataclasses.field(default_factory=Timeouts)  # long-polls' waits
     database: DatabaseHealth = dataclasses.field(default_factory=DatabaseHealth)
     shutdown: Shutdown = dataclasses.field(default_factory=Shutdown)
     connections: ConnectionCounts = dataclasses.field(
@@ -141,7 +143,7 @@ async def _events(state: ApiState) -> Response:
             # service starts shutting down (then the answer is the empty page, at once).
             state.stats.long_polls_open += 1
             try:
-                with trio.move_on_after(parsed.wait), state.shutdown.intake():
+                with state.timeouts.move_on_after(parsed.wait), state.shutdown.intake():
                     while not page.count:
                         await waiter.wait()
                         async with state.store.session() as session:
@@ -280,6 +282,11 @@ def create_app(state: ApiState) -> QuartTrio:
     # No built-in static route: /static/<name> serves the status page's two files only.
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    # quart-trio bounds sending each response by a trio deadline of its own (60 s), which
+    # stays in trio's deadline heap, with its cancel scope, for that long after the answer
+    # (timeouts.py says why that matters). The server already bounds every write
+    # (http_server.SEND_TIMEOUT).
+    app.config["RESPONSE_TIMEOUT"] = None
 
     # /api/... are the paths of the original Skywire README (same handlers).
     @app.route("/events")

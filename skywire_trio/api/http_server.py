@@ -60,6 +60,8 @@ from hypercorn.typing import (
 )
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from ..timeouts import Timeouts
+
 # A single socket write may take this long; then the client is treated as gone.
 SEND_TIMEOUT = 30.0
 # A refused connection gets this long to receive its 503 before it is closed.
@@ -71,10 +73,13 @@ MAX_REFUSING = 32
 
 @dataclasses.dataclass
 class ConnectionCounts:
-    """Open, displaced and refused HTTP connections (for ``/metrics``)."""
+    """Open, displaced and refused HTTP connections (for ``/metrics``), and the memory
+    releases that follow waves of them."""
 
     limit: int
     open: int = 0
+    peak: int = 0  # the most open at once since the last memory release (api/server.py)
+    releases: int = 0  # memory releases after a wave of closed connections
     evicted: int = 0
     refused: int = 0
 
@@ -121,9 +126,10 @@ class _Connection(TCPServer):
 
     def __init__(self, app: AppWrapper, config: Config, context: WorkerContext,
                  state: ConnectionState, stream: trio.SocketStream,
-                 idle: dict[_Connection, trio.CancelScope]) -> None:
+                 idle: dict[_Connection, trio.CancelScope], timeouts: Timeouts) -> None:
         super().__init__(app, config, context, state, stream)
         self._idle = idle
+        self._timeouts = timeouts
 
     @property  # type: ignore[override]
     def protocol(self) -> ProtocolWrapper:
@@ -141,11 +147,11 @@ class _Connection(TCPServer):
         self._wrapper = wrapper
 
     async def _idle_timeout(self) -> None:
-        # hypercorn's, with a cancel scope of our own so that it can be cut short.
-        wait = trio.CancelScope(deadline=trio.current_time() + self.config.keep_alive_timeout)
-        self._idle[self] = wait
+        # hypercorn's, with a cancel scope of our own so that it can be cut short, timed by
+        # the server's ``Timeouts`` (a trio deadline would outlive a closed connection).
         try:
-            with wait:
+            with self._timeouts.move_on_after(self.config.keep_alive_timeout) as wait:
+                self._idle[self] = wait
                 await self.context.terminated.wait()
         finally:
             # Also when a request arrives: hypercorn then cancels this whole task.
@@ -249,6 +255,7 @@ async def serve_http(app: ASGIFramework, config: Config, counts: ConnectionCount
     lifespan = Lifespan(asgi, config, lifespan_state)
     context = WorkerContext(None)
     idle: dict[_Connection, trio.CancelScope] = {}
+    timeouts = Timeouts()  # the connections' keep-alive timers
     refusing = 0
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -268,31 +275,33 @@ async def serve_http(app: ASGIFramework, config: Config, counts: ConnectionCount
                     refusing -= 1
             return  # trio.serve_listeners closes the stream
         counts.open += 1
+        counts.peak = max(counts.peak, counts.open)
         try:
             await _Connection(asgi, config, context, ConnectionState(lifespan_state.copy()),
-                              stream, idle)
+                              stream, idle, timeouts)
         finally:
             counts.open -= 1
 
-    async with trio.open_nursery() as lifespan_nursery:
-        await lifespan_nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        sockets = config.create_sockets()
-        listeners = []
-        binds = []
-        for sock in sockets.insecure_sockets:
-            sock.listen(config.backlog)
-            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            binds.append("http://" + repr_socket_addr(sock.family, sock.getsockname()))
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as intake:
-                intake.start_soon(partial(trio.serve_listeners, handle, listeners,
-                                          handler_nursery=connections))
-                task_status.started(binds)
-                await shutdown_trigger()
-                intake.cancel_scope.cancel()  # closes the listening sockets
-            # Idle keep-alive connections close now, busy ones after their response.
-            await context.terminated.set()
-            connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
-        await lifespan.wait_for_shutdown()
-        lifespan_nursery.cancel_scope.cancel()
+    with timeouts:
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan_nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            sockets = config.create_sockets()
+            listeners = []
+            binds = []
+            for sock in sockets.insecure_sockets:
+                sock.listen(config.backlog)
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                binds.append("http://" + repr_socket_addr(sock.family, sock.getsockname()))
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as intake:
+                    intake.start_soon(partial(trio.serve_listeners, handle, listeners,
+                                              handler_nursery=connections))
+                    task_status.started(binds)
+                    await shutdown_trigger()
+                    intake.cancel_scope.cancel()  # closes the listening sockets
+                # Idle keep-alive connections close now, busy ones after their response.
+                await context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+            await lifespan.wait_for_shutdown()
+            lifespan_nursery.cancel_scope.cancel()

@@ -167,6 +167,9 @@ def _http_series(connections: ConnectionCounts, polls: LongPolls
         ("skywire_http_connections_refused_total", "counter",
          "Connections refused with 503 because the cap was reached with every one busy.",
          [("", connections.refused)]),
+        ("skywire_memory_releases_total", "counter",
+         "Full collections and memory given back to the system after a wave of connections "
+         "closed.", [("", connections.releases)]),
         ("skywire_long_polls_waiting", "gauge", "Long-polls waiting for a matching commit.",
          [("", polls.waiting)]),
         ("skywire_long_poll_wakeups_total", "counter",

@@ -3,6 +3,7 @@
     api
     ├── database probe   keeps /health's view of the database fresh (api/health.py)
     ├── long-polls       one commit-feed subscription for every waiting /events (longpoll.py)
+    ├── memory release   free memory back to the system, after waves of connections (../memory.py)
     └── http server      connections capped, closed, drained on shutdown (http_server.py)
 """
 
@@ -14,6 +15,7 @@ import resource
 import trio
 from hypercorn.config import Config
 
+from .. import memory
 from ..config import Settings
 from ..log.notify import CommitFeed
 from ..log.partitions import policy_of
@@ -35,6 +37,12 @@ log = logging.getLogger(__name__)
 RESERVED_DESCRIPTORS = 64
 # Connections waiting to be accepted (the kernel's queue; it costs no descriptor).
 LISTEN_BACKLOG = 1024
+# Free memory goes back to the system this often (a trim takes 1-5 ms here). When this
+# many fewer connections are open than at the peak since the last time, a full collection
+# comes first: it frees what closed connections left in reference cycles, and pauses the
+# service for 50-130 ms (measured after 1,000 long-polls), so not for a handful.
+TRIM_SECONDS = 2.0
+RELEASE_AFTER_CLOSED = 100
 
 
 def connection_cap(requested: int, pool_size: int) -> int:
@@ -64,6 +72,23 @@ def connection_cap(requested: int, pool_size: int) -> int:
     return requested
 
 
+async def release_memory(counts: ConnectionCounts, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+    """Give freed memory back to the system every ``TRIM_SECONDS``; after a wave of
+    connections closed (``RELEASE_AFTER_CLOSED`` fewer open than at the peak), collect
+    what they left in reference cycles first (memory.py)."""
+    task_status.started()
+    while True:
+        await trio.sleep(TRIM_SECONDS)
+        if counts.peak - counts.open >= RELEASE_AFTER_CLOSED:
+            memory.release()
+            counts.peak = counts.open
+            counts.releases += 1
+        else:
+            memory.trim()
+
+
 async def serve_api(settings: Settings, stats: IngestStats, store: ReadStore, feed: CommitFeed,
                     status: StatusSources | None = None,
                     delivery: DeliveryStats | None = None, shutdown: Shutdown | None = None, *,
@@ -90,14 +115,16 @@ async def serve_api(settings: Settings, stats: IngestStats, store: ReadStore, fe
                      subscribe_limits=subscribe.Limits.from_settings(settings),
                      roles=roles or Roles(settings.role), publisher=publisher)
     app = create_app(state)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(probe_database, settings.database_url, policy, health, stats)
-        await nursery.start(state.polls.run)
+    with state.timeouts:  # the long-polls' waits
+        async with trio.open_nursery() as nursery:
+            await nursery.start(probe_database, settings.database_url, policy, health, stats)
+            await nursery.start(state.polls.run)
+            await nursery.start(release_memory, counts)
 
-        async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            await serve_http(app, config, counts, shutdown.wait, task_status=task_status)
-            nursery.cancel_scope.cancel()  # drained: the probe and long-polls stop too
+            async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                await serve_http(app, config, counts, shutdown.wait, task_status=task_status)
+                nursery.cancel_scope.cancel()  # drained: the probe and long-polls stop too
 
-        binds = await nursery.start(http)
-        log.info("API listening on %s (at most %d connections)", binds[0], counts.limit)
-        task_status.started(binds[0])
+            binds = await nursery.start(http)
+            log.info("API listening on %s (at most %d connections)", binds[0], counts.limit)
+            task_status.started(binds[0])

@@ -24,6 +24,7 @@ import triopg
 
 from ..config import Settings
 from ..supervise import TaskHealth, supervise
+from ..timeouts import Timeouts
 from ..types import LogEvent
 from .reader import ReadSession
 
@@ -179,6 +180,7 @@ async def listen_commits(database_url: str) -> AsyncIterator[
         tuple[ReadSession, trio.MemoryReceiveChannel[str]]]:
     """A connection of its own, and the notifications sent by each committed batch over it
     (payload: the new last id)."""
-    async with triopg.connect(database_url, command_timeout=10) as conn, conn.listen(
-            NOTIFY_CHANNEL, max_buffer_size=16) as notes:
-        yield ReadSession(conn), notes
+    # Reads bounded by a Timeouts of its own, not asyncpg's command_timeout (reader.py).
+    async with triopg.connect(database_url) as conn, conn.listen(
+            NOTIFY_CHANNEL, max_buffer_size=16) as notes, Timeouts() as timeouts:
+        yield ReadSession(conn, timeouts), notes

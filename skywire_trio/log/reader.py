@@ -6,12 +6,14 @@ through here, so an event's JSON is produced in exactly one place.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import date, datetime
+from typing import ParamSpec, TypeVar
 
 import triopg
 
+from ..timeouts import Timeouts
 from ..types import (
     Archive,
     Cursor,
@@ -25,6 +27,16 @@ from ..types import (
 )
 from . import archives, partman, tokens
 from .partition_store import list_partitions
+
+# How long one read may take. Timed by the store's ``Timeouts``, not asyncpg's
+# command_timeout: under trio-asyncio each statement's timer stays in the loop's heap,
+# cancelled, until it would have fired, holding a copy of the caller's context, so every
+# request stayed in memory for 10 s after its answer (a trio deadline each would keep a
+# cancel scope as long: timeouts.py).
+READ_TIMEOUT = 10.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Postgres writes each event's JSON text by concatenation (about twice as cheap as
 # jsonb_build_object, measured) and a whole page as one UTF-8 value, so the API neither
@@ -120,19 +132,30 @@ SELECT low - 1 FROM search WHERE low >= high"""
 class ReadSession:
     """One pooled connection for the duration of one request or one read."""
 
-    def __init__(self, conn: triopg._triopg.TrioConnectionProxy) -> None:
+    def __init__(self, conn: triopg._triopg.TrioConnectionProxy, timeouts: Timeouts,
+                 read_timeout: float = READ_TIMEOUT) -> None:
         self._conn = conn
+        self._timeouts = timeouts
+        self._read_timeout = read_timeout
+
+    async def _read(self, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+                    ) -> T:
+        """``call``, bounded: ``TimeoutError`` after ``read_timeout`` (a database fault)."""
+        with self._timeouts.move_on_after(self._read_timeout):
+            return await call(*args, **kwargs)
+        raise TimeoutError(f"a read took longer than {self._read_timeout:g}s")
 
     async def events(self, f: EventFilter) -> Page:
         """The events matching ``f``, in log order, as one JSON fragment."""
         sql_text, args = event_query(f)
-        count, first, last, text = await self._conn.fetchrow(sql_text, *args)
+        count, first, last, text = await self._read(self._conn.fetchrow, sql_text, *args)
         return Page(count, first, last, text or b"")
 
     async def matching_events(self, f: EventFilter) -> list[LogEvent]:
         """The page of events matching ``f`` as separate events (one message each)."""
         where, args = _page_where(f)
-        rows = await self._conn.fetch(
+        rows = await self._read(
+            self._conn.fetch,
             f"SELECT {_LOG_EVENT} FROM firehose_events WHERE {where} ORDER BY id LIMIT $2",
             *args)
         return [LogEvent(*row) for row in rows]
@@ -143,62 +166,66 @@ class ReadSession:
         The head when nothing was committed that late; one less than the oldest retained
         id when everything is that late.
         """
-        return await self._conn.fetchval(_ID_BEFORE_TIME, time)
+        return await self._read(self._conn.fetchval, _ID_BEFORE_TIME, time)
 
     async def event_range(self, after_id: int, last_id: int) -> list[LogEvent]:
         """Every event with ``after_id < id <= last_id``, in id order, each with its JSON."""
-        rows = await self._conn.fetch(_RANGE_QUERY, after_id, last_id)
+        rows = await self._read(self._conn.fetch, _RANGE_QUERY, after_id, last_id)
         return [LogEvent(*row) for row in rows]
 
     async def cursor(self) -> Cursor | None:
         """The committed cursor (also a liveness probe of the database)."""
-        row = await self._conn.fetchrow("SELECT upstream, last_seq, last_id FROM firehose_cursor")
+        row = await self._read(self._conn.fetchrow,
+                               "SELECT upstream, last_seq, last_id FROM firehose_cursor")
         return None if row is None else Cursor(row[0], row[1], row[2])
 
     async def head(self) -> int:
         """The id of the last committed event (0 for an empty log)."""
-        return await self._conn.fetchval("SELECT coalesce(max(last_id), 0) FROM firehose_cursor")
+        return await self._read(self._conn.fetchval,
+                                "SELECT coalesce(max(last_id), 0) FROM firehose_cursor")
 
     async def token(self, token_hash: bytes) -> Token | None:
         """The token with this keyed hash, revoked or not."""
-        return await tokens.find_token(self._conn, token_hash)
+        return await self._read(tokens.find_token, self._conn, token_hash)
 
     async def touch_token(self, name: str) -> None:
         """Record that a token was used just now."""
-        await tokens.touch_token(self._conn, name)
+        await self._read(tokens.touch_token, self._conn, name)
 
     async def partitions(self) -> list[Partition]:
         """Every partition of the log, oldest first, the default partition last."""
-        return await list_partitions(self._conn)
+        return await self._read(list_partitions, self._conn)
 
     async def archives(self) -> dict[date, Archive]:
         """The recorded Parquet archive of each day, by day."""
-        return await archives.archived_days(self._conn)
+        return await self._read(archives.archived_days, self._conn)
 
     async def partition_status(self, policy: PartitionPolicy, today: date) -> PartitionStatus:
         """Where the partitions stand under ``policy`` (manager, retention, alarms)."""
-        return await partman.status(self._conn, policy, today)
+        return await self._read(partman.status, self._conn, policy, today)
 
     async def oldest_id(self) -> int | None:
         """The smallest id still in the log (older days may have been dropped)."""
-        return await self._conn.fetchval("SELECT min(id) FROM firehose_events")
+        return await self._read(self._conn.fetchval, "SELECT min(id) FROM firehose_events")
 
     async def default_rows(self) -> int:
         """Rows in the default partition (normally none)."""
-        return await self._conn.fetchval("SELECT count(*) FROM firehose_events_default")
+        return await self._read(self._conn.fetchval,
+                                "SELECT count(*) FROM firehose_events_default")
 
 
 class ReadStore:
     """Read-side access: a small pool, one connection per request."""
 
-    def __init__(self, pool: triopg._triopg.TrioPoolProxy) -> None:
+    def __init__(self, pool: triopg._triopg.TrioPoolProxy, timeouts: Timeouts) -> None:
         self._pool = pool
+        self._timeouts = timeouts
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[ReadSession]:
         """A connection from the pool for one request."""
         async with self._pool.acquire() as conn:
-            yield ReadSession(conn)
+            yield ReadSession(conn, self._timeouts)
 
 
 async def _keep(conn: object) -> None:
@@ -210,20 +237,22 @@ async def open_read_store(database_url: str, size: int = 4) -> AsyncIterator[Rea
     """A pool for readers. ``min_size=0``: they start even while the database is down."""
     # reset=_keep: pooled connections hold no session state (LISTEN uses its own
     # connection), so asyncpg's reset query on every release is a wasted round trip.
-    # The two lifetimes are 0 because each arms a 300 s asyncio timer per release or per
-    # cached statement, and trio-asyncio's timers copy the caller's contextvars: every
-    # timer kept the request that last used the connection (quart's request context) alive
-    # for 5 minutes. 1,000 closed long-polls stayed in memory that long.
-    async with triopg.create_pool(database_url, min_size=0, max_size=size,
-                                  command_timeout=10, reset=_keep,
+    # No command_timeout, and the two lifetimes are 0, because each arms an asyncio timer
+    # (per statement, per release, per cached statement) and trio-asyncio's timers copy the
+    # caller's contextvars: every timer kept the request that last used the connection
+    # (quart's request context) alive until it would have fired, 10 s to 5 minutes. 1,000
+    # closed long-polls stayed in memory that long. Reads are bounded by ``_read``.
+    async with triopg.create_pool(database_url, min_size=0, max_size=size, reset=_keep,
                                   max_inactive_connection_lifetime=0,
                                   max_cached_statement_lifetime=0) as pool:
-        yield ReadStore(pool)
+        with Timeouts() as timeouts:
+            yield ReadStore(pool, timeouts)
 
 
 @asynccontextmanager
 async def connect(database_url: str, timeout: float) -> AsyncIterator[ReadSession]:
     """A connection of its own, outside the pool (the API's health probe), with ``timeout``
     for connecting and for each statement."""
-    async with triopg.connect(database_url, timeout=timeout, command_timeout=timeout) as conn:
-        yield ReadSession(conn)
+    async with triopg.connect(database_url, timeout=timeout) as conn:
+        with Timeouts() as timeouts:
+            yield ReadSession(conn, timeouts, timeout)
