@@ -182,5 +182,6 @@ async def listen_commits(database_url: str) -> AsyncIterator[
     (payload: the new last id)."""
     # Reads bounded by a Timeouts of its own, not asyncpg's command_timeout (reader.py).
     async with triopg.connect(database_url) as conn, conn.listen(
-            NOTIFY_CHANNEL, max_buffer_size=16) as notes, Timeouts() as timeouts:
-        yield ReadSession(conn, timeouts), notes
+            NOTIFY_CHANNEL, max_buffer_size=16) as notes:
+        with Timeouts() as timeouts:
+            yield ReadSession(conn, timeouts), notes
