@@ -21,6 +21,7 @@ import trio
 import triopg
 
 from ..firehose.codec import Row
+from ..timeouts import Timeouts
 from ..types import Cursor
 from .notify import NOTIFY_CHANNEL
 
@@ -83,32 +84,35 @@ class WriterActive(RuntimeError):
 STATEMENT_TIMEOUT = 30.0
 
 
-@contextmanager
-def _bounded(what: str) -> Iterator[None]:
-    """At most ``STATEMENT_TIMEOUT`` for ``what``; then ``TimeoutError`` (a transient fault).
-
-    A trio deadline rather than asyncpg's ``command_timeout``: under trio-asyncio each
-    statement's timeout timer stays in the loop's heap, cancelled, until it would have
-    fired. At hundreds of small commits a second that was ~20,000 dead timers (~100,000
-    objects) and garbage-collection pauses of up to 250 ms in the service.
-    """
-    try:
-        with trio.fail_after(STATEMENT_TIMEOUT):
-            yield
-    except trio.TooSlowError:
-        raise TimeoutError(f"{what} took longer than {STATEMENT_TIMEOUT:g}s") from None
-
-
 class LogStore:
     """One connection to the log, used by its single writer (the batcher)."""
 
-    def __init__(self, conn: triopg._triopg.TrioConnectionProxy) -> None:
+    def __init__(self, conn: triopg._triopg.TrioConnectionProxy, timeouts: Timeouts) -> None:
         self._conn = conn
+        self._timeouts = timeouts
+
+    @contextmanager
+    def _bounded(self, what: str) -> Iterator[None]:
+        """At most ``STATEMENT_TIMEOUT`` for ``what``; then ``TimeoutError`` (a transient
+        fault).
+
+        Timed by the store's ``Timeouts``, not asyncpg's ``command_timeout``: under
+        trio-asyncio each statement's timeout timer stays in the loop's heap, cancelled,
+        until it would have fired. At hundreds of small commits a second that was ~20,000
+        dead timers (~100,000 objects) and garbage-collection pauses of up to 250 ms in the
+        service. Nor a trio deadline each: that entry stays in trio's deadline heap for the
+        30 s too, ~100 of them a second at live rates, and pins the memory a wave of
+        connections used (timeouts.py).
+        """
+        with self._timeouts.move_on_after(STATEMENT_TIMEOUT) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise TimeoutError(f"{what} took longer than {STATEMENT_TIMEOUT:g}s")
 
     async def lock_writer(self, role: int = 0) -> None:
         """Take writer lock ``role`` (0 or 1, one per writer connection) for this
         connection's life, or raise ``WriterActive``."""
-        with _bounded("taking the writer lock"):
+        with self._bounded("taking the writer lock"):
             locked = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)",
                                                WRITER_LOCKS[role])
         if not locked:
@@ -120,7 +124,7 @@ class LogStore:
         A cursor recorded for another upstream is refused (seqs of different relays are
         unrelated) unless ``reset``, which starts the new upstream live and keeps log ids.
         """
-        with _bounded("claiming the cursor"):
+        with self._bounded("claiming the cursor"):
             await self._conn.execute(
                 "INSERT INTO firehose_cursor (upstream) VALUES ($1) ON CONFLICT DO NOTHING",
                 upstream)
@@ -144,7 +148,7 @@ class LogStore:
         records = [(batch.after + i, *row, batch.indexed_at)
                    for i, row in enumerate(batch.rows, 1)]
         try:
-            with _bounded("staging a batch (BEGIN, COPY)"):
+            with self._bounded("staging a batch (BEGIN, COPY)"):
                 await self._conn.execute("BEGIN")
                 await self._conn.copy_records_to_table(
                     "firehose_events", records=records, columns=COLUMNS)
@@ -159,7 +163,7 @@ class LogStore:
         Raises ``ConcurrentWriter``, after rolling back, if the committed last id is not
         ``batch.after`` (a second writer, or a predecessor that did not commit).
         """
-        with _bounded("moving the cursor (after the batch before)"):
+        with self._bounded("moving the cursor (after the batch before)"):
             moved = await self._conn.fetchval(_MOVE_CURSOR, batch.last_seq, batch.last_id,
                                               batch.after, NOTIFY_CHANNEL)
         if moved != batch.last_id:
@@ -169,14 +173,14 @@ class LogStore:
 
     async def commit(self) -> None:
         """Commit the staged batch (synchronously: durable when this returns)."""
-        with _bounded("COMMIT"):
+        with self._bounded("COMMIT"):
             await self._conn.execute("COMMIT")
 
     async def rollback(self) -> None:
         """Abandon the staged batch, if there is one."""
         if self._conn.is_in_transaction():
             # Shielded (it cleans up after a failure or cancellation), but never for long.
-            with trio.CancelScope(shield=True), _bounded("ROLLBACK"):
+            with trio.CancelScope(shield=True), self._bounded("ROLLBACK"):
                 await self._conn.execute("ROLLBACK")
 
     async def append(self, rows: Sequence[Row], last_seq: int | None, last_id: int,
@@ -200,6 +204,7 @@ class LogStore:
 @asynccontextmanager
 async def connect(database_url: str) -> AsyncIterator[LogStore]:
     """Open one connection (inside a trio-asyncio loop) and yield a ``LogStore``."""
-    # No command_timeout: LogStore bounds each step itself (see _bounded).
+    # No command_timeout: LogStore bounds each step itself (see LogStore._bounded).
     async with triopg.connect(database_url) as conn:
-        yield LogStore(conn)
+        with Timeouts() as timeouts:
+            yield LogStore(conn, timeouts)
