@@ -110,6 +110,22 @@ async def test_the_server_closes_its_end(nursery, request_bytes, closes_within):
     await _until(lambda: counts.open == 0)
 
 
+async def test_a_connection_the_client_closes_is_closed_at_once(nursery):
+    port, counts, _ = await _start(nursery, keep_alive=60)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(KEEP)
+    response = b""
+    while not response.endswith(b"hi"):
+        response += await stream.receive_some(65536)
+    assert _status(response) == 200 and counts.open == 1
+    # Idle on keep-alive (the server is past the response: the bug needed that), then the
+    # client goes first.
+    await trio.sleep(0.5)
+    await stream.aclose()
+    # Not after the 60 s keep-alive timeout: the connection (and its descriptor) goes now.
+    await _until(lambda: counts.open == 0, timeout=5)
+
+
 async def test_an_idle_connection_that_never_sends_is_closed(nursery):
     port, counts, _ = await _start(nursery)
     response, closed_after = await _exchange(port, b"")

@@ -159,6 +159,16 @@ class _Connection(TCPServer):
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
 
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client closed its end (or reading failed). hypercorn leaves the keep-alive
+        # timer running, and the connection's task group waits for it: a client that
+        # closed an idle keep-alive connection left it in CLOSE_WAIT, with its descriptor
+        # and memory, until the timer fired (75 s). A request still being answered is not
+        # affected (no timer runs meanwhile).
+        with trio.CancelScope(shield=True):
+            await self.idle_task.stop()
+
     async def _close(self) -> None:
         # Shielded: quart-trio cancels the request's nursery while hypercorn, on the app's
         # task, is closing the socket (see the module docstring). Both steps are bounded.
