@@ -16,7 +16,8 @@ What it does:
    that does not exist (``wait=30``; each is asked again as soon as it is answered, from
    the cursor it got). Every commit is therefore a batch none of them can match. With all
    of them waiting, the same latency requests again, RSS and the service's CPU.
-4. *after*: every long-poll connection is closed; after ``--settle`` seconds, RSS again.
+4. *after*: every long-poll connection is closed; after ``--settle`` seconds, RSS again
+   (the figure checked against the target), and once more at three times that.
 
 With ``--probe DIR`` the service runs under ``scripts/memory_probe.py``, which is asked what
 holds memory when idle and after the long-polls closed (the live objects in memory mapped
@@ -250,14 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 busy, busy_cpu, busy_rate, during = result["phase"]  # type: ignore[misc]
                 time.sleep(args.settle)
                 after = rss_mb(proc.pid)
+                time.sleep(2 * args.settle)
+                later = rss_mb(proc.pid)
                 if args.probe:
                     probe(proc, args.probe, 2)
                     print(f"memory probe: the objects in memory mapped since idle are in "
                           f"{args.probe / 'new-memory-2.txt'}")
                 after_waiting = metric(base, "skywire_long_polls_waiting")
                 releases = metric(base, "skywire_memory_releases_total")
-                print(f"after: RSS {after:.1f} MB, long-polls waiting {after_waiting:.0f}, "
-                      f"memory releases {releases:.0f}")
+                print(f"after: RSS {after:.1f} MB ({3 * args.settle:g} s after: {later:.1f} MB), "
+                      f"long-polls waiting {after_waiting:.0f}, memory releases {releases:.0f}")
 
     p50_idle, p50_busy = statistics.median(idle), statistics.median(busy)
     print()
@@ -265,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|")
     print(f"| other requests (`limit=100`), p50 / p90 / p99 | {percentiles(idle)} | "
           f"{percentiles(busy)} | |")
-    print(f"| service RSS | {baseline:.1f} MB | {during:.1f} MB | {after:.1f} MB |")
+    print(f"| service RSS | {baseline:.1f} MB | {during:.1f} MB | {after:.1f} MB "
+          f"({3 * args.settle:g} s after: {later:.1f} MB, {later / baseline - 1:+.1%}) |")
     print(f"| service CPU | {idle_cpu:.0%} | {busy_cpu:.0%} | |")
     print(f"| events committed | {idle_rate:.1f}/s | {busy_rate:.1f}/s | |")
     print(f"| long-polls waiting / woken during the phase | | {result['waiting']:.0f} / "
