@@ -123,6 +123,9 @@ def test_2000_clients_that_never_close_stop_neither_the_api_nor_ingest(database,
             # Ingest has to open new descriptors now: its receiver process is replaced.
             receivers = child_processes(proc.pid, "receiver")
             assert receivers, "no receiver process found"
+            # The receiver decodes on CPython's own allocator (memory.py).
+            assert b"PYTHONMALLOC=pymalloc" in Path(
+                f"/proc/{receivers[0]}/environ").read_bytes().split(b"\0")
             os.kill(receivers[0], signal.SIGKILL)
             try:
                 # The API answers (once the kernel's accept queue, still full of the flood,

@@ -44,6 +44,17 @@ def test_other_commands_and_an_operators_choice_are_left_alone() -> None:
     assert setting == "pymalloc" and blocks > 0
 
 
+def test_the_receiver_keeps_pymalloc(monkeypatch) -> None:
+    from skywire_trio import config
+
+    monkeypatch.setenv("PYTHONMALLOC", "malloc")  # the service's, set by its re-execution
+    assert config.receiver_environment()["PYTHONMALLOC"] == "pymalloc"
+    monkeypatch.setenv("PYTHONMALLOC", "debug")  # an operator's own choice: inherited
+    assert config.receiver_environment() is None
+    monkeypatch.delenv("PYTHONMALLOC")
+    assert config.receiver_environment() is None
+
+
 # A wave of objects in reference cycles (as closed connections leave them), with one
 # long-lived object allocated every ~60 KB among them (as the service's steady work does),
 # then dropped. Prints RSS in kB: before, after the drop, after release().

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from .. import deadletter
-from ..config import Settings
+from ..config import Settings, receiver_environment
 from ..stats import IngestStats
 from .codec import Frame
 from .receiver import (
@@ -86,7 +86,7 @@ def _handle_error_frame(frame: Frame, cursor: int | None) -> UpstreamError:
 
 async def _start(arguments: list[str]) -> trio.Process:
     return await trio.lowlevel.open_process([*COMMAND, *arguments], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE)
+                                            stdout=subprocess.PIPE, env=receiver_environment())
 
 
 async def _stop(process: trio.Process) -> None:
