@@ -482,22 +482,26 @@ def from_env(env: Mapping[str, str] | None = None,
     return settings
 
 
+# The interpreter's allocator (the interpreter reads it as it starts; memory.py).
+_ALLOCATOR = "PYTHONMALLOC"
+
+
 def allocator_environment() -> dict[str, str] | None:
     """The environment to start the service again with on the C library's allocator
     (``PYTHONMALLOC=malloc``, memory.py), or None when ``PYTHONMALLOC`` is set: an
     operator's own choice, or this start's. The interpreter reads it, not ``Settings``."""
-    if "PYTHONMALLOC" in os.environ:
+    if _ALLOCATOR in os.environ:
         return None
-    return {**os.environ, "PYTHONMALLOC": "malloc"}
+    return {**os.environ, _ALLOCATOR: "malloc"}
 
 
 def receiver_environment() -> dict[str, str] | None:
     """The environment of the receiver process: CPython's own allocator again when the
     service runs on the C library's (None: the service's own environment). The receiver's
     memory does not grow with connections, and it decodes faster on pymalloc."""
-    if os.environ.get("PYTHONMALLOC") != "malloc":
+    if os.environ.get(_ALLOCATOR) != "malloc":
         return None
-    return {**os.environ, "PYTHONMALLOC": "pymalloc"}
+    return {**os.environ, _ALLOCATOR: "pymalloc"}
 
 
 def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:

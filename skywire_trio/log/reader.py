@@ -143,7 +143,7 @@ class ReadSession:
         """``call``, bounded: ``TimeoutError`` after ``read_timeout`` (a database fault)."""
         with self._timeouts.move_on_after(self._read_timeout):
             return await call(*args, **kwargs)
-        raise TimeoutError(f"a read took longer than {self._read_timeout:g}s")
+        raise TimeoutError(f"a statement took longer than {self._read_timeout:g}s")
 
     async def events(self, f: EventFilter) -> Page:
         """The events matching ``f``, in log order, as one JSON fragment."""
