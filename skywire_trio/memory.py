@@ -20,7 +20,7 @@ readers (log/reader.py). docs/performance.md ("1,000 waiting long-polls") has th
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import gc
 import os
 import sys
@@ -40,20 +40,23 @@ def use_system_allocator(argv: Sequence[str]) -> None:
         os.execve(sys.executable, sys.orig_argv, environment)
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
+    # Looked up on first use, not on import: every command imports this module, and the
+    # service's first interpreter only re-executes itself.
+    import ctypes
+
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc only
     except (OSError, AttributeError):
         return None
 
 
-_TRIM = _malloc_trim()
-
-
 def trim() -> None:
     """Give the free pages of the C library's heap back to the system (glibc only)."""
-    if _TRIM is not None:
-        _TRIM(0)
+    malloc_trim = _malloc_trim()
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def release() -> None:

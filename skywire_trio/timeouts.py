@@ -82,6 +82,15 @@ class Timeouts:
                 self._heap = [e for e in self._heap if e.scope is not None]
                 heapq.heapify(self._heap)
 
+    @contextmanager
+    def fail_after(self, seconds: float, what: str) -> Iterator[None]:
+        """``move_on_after``, then ``TimeoutError("{what} took longer than ...")`` if it
+        was cut short (a database fault, for the statements that use it)."""
+        with self.move_on_after(seconds) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise TimeoutError(f"{what} took longer than {seconds:g}s")
+
     def __enter__(self) -> Timeouts:
         return self
 

@@ -141,9 +141,8 @@ class ReadSession:
     async def _read(self, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
                     ) -> T:
         """``call``, bounded: ``TimeoutError`` after ``read_timeout`` (a database fault)."""
-        with self._timeouts.move_on_after(self._read_timeout):
+        with self._timeouts.fail_after(self._read_timeout, "a statement"):
             return await call(*args, **kwargs)
-        raise TimeoutError(f"a statement took longer than {self._read_timeout:g}s")
 
     async def events(self, f: EventFilter) -> Page:
         """The events matching ``f``, in log order, as one JSON fragment."""

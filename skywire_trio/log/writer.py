@@ -13,8 +13,8 @@ docs/architecture.md for why this keeps the log exactly-once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import datetime
 
 import trio
@@ -91,8 +91,7 @@ class LogStore:
         self._conn = conn
         self._timeouts = timeouts
 
-    @contextmanager
-    def _bounded(self, what: str) -> Iterator[None]:
+    def _bounded(self, what: str) -> AbstractContextManager[None]:
         """At most ``STATEMENT_TIMEOUT`` for ``what``; then ``TimeoutError`` (a transient
         fault).
 
@@ -104,10 +103,7 @@ class LogStore:
         30 s too, ~100 of them a second at live rates, and pins the memory a wave of
         connections used (timeouts.py).
         """
-        with self._timeouts.move_on_after(STATEMENT_TIMEOUT) as scope:
-            yield
-        if scope.cancelled_caught:
-            raise TimeoutError(f"{what} took longer than {STATEMENT_TIMEOUT:g}s")
+        return self._timeouts.fail_after(STATEMENT_TIMEOUT, what)
 
     async def lock_writer(self, role: int = 0) -> None:
         """Take writer lock ``role`` (0 or 1, one per writer connection) for this
